@@ -1,0 +1,19 @@
+"""Icosahedral spherical-mesh core: FreeSurfer-order icospheres, topology tables and spherical CNN layers.
+
+Depends on numpy and torch only; never imports ``surfharm``.
+"""
+from spherical_ops.mesh import (
+    MAX_LEVEL,
+    VERTEX_COUNTS,
+    IcoSphere,
+    icosphere,
+    level_of,
+    n_faces,
+    n_vertices,
+    upsample_parents,
+)
+
+__all__ = [
+    "MAX_LEVEL", "VERTEX_COUNTS", "IcoSphere", "icosphere", "level_of", "n_faces", "n_vertices",
+    "upsample_parents",
+]

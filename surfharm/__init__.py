@@ -1,0 +1,2 @@
+"""surfharm: harmonization of cortical surface maps across scanners and sites."""
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from surfharm.cli import main
+
+sys.exit(main())

@@ -17,3 +17,8 @@ __all__ = [
     "MAX_LEVEL", "VERTEX_COUNTS", "IcoSphere", "icosphere", "level_of", "n_faces", "n_vertices",
     "upsample_parents",
 ]
+
+from spherical_ops import topology  # noqa: E402
+from spherical_ops.nn import IcoConv, IcoPool, IcoUNet, IcoUpConv, IcoUpsample  # noqa: E402
+
+__all__ += ["topology", "IcoConv", "IcoPool", "IcoUNet", "IcoUpConv", "IcoUpsample"]

@@ -1,0 +1,317 @@
+"""Spherical CNN layers on icosahedral meshes (torch.nn modules).
+
+Every layer takes channels-first tensors ``(B, C, V)`` whose vertex axis follows FreeSurfer's icN
+order (:func:`spherical_ops.icosphere`). Index tables and sparse maps are non-persistent buffers:
+``module.to(device)`` moves them, and ``state_dict()`` holds only learned weights.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from spherical_ops import topology
+from spherical_ops.functional import averaging_matrix, csr_tensor, neighborhood_conv, sparse_map
+from spherical_ops.mesh import check_level, n_vertices
+
+__all__ = ["IcoConv", "IcoPool", "IcoUpConv", "IcoUpsample", "IcoUNet", "check_input"]
+
+
+def check_input(x: torch.Tensor, channels: int, level: int, layer: str) -> None:
+    """Raise a clear error unless ``x`` is a floating (B, channels, V(level)) tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer} expects a torch.Tensor of shape (B, {channels}, {n_vertices(level)}), "
+                        f"got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{layer} expects a 3-D tensor (B, C, V) = (B, {channels}, {n_vertices(level)}), "
+                         f"got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{layer} expects a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{layer} expects {channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    expected = n_vertices(level)
+    if x.shape[2] != expected:
+        try:
+            found = f"level {topology_level(x.shape[2])}"
+        except ValueError:
+            found = "no icosahedral level"
+        raise ValueError(f"{layer} works at level {level} and expects {expected} vertices, got {x.shape[2]} "
+                         f"({found}); valid counts are 10 * 4**level + 2: 12, 42, 162, 642, 2562, 10242, "
+                         "40962, 163842")
+
+
+def topology_level(n: int) -> int:
+    from spherical_ops.mesh import level_of
+    return level_of(n)
+
+
+def _long_buffer(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64).copy())
+
+
+class IcoConv(nn.Module):
+    r"""Convolution over the 1-ring (7 vertices) or 2-ring (19 vertices) of every vertex.
+
+    .. math::
+        y_{b,o,v} = \mathrm{bias}_o + \sum_{c=1}^{C_{in}} \sum_{k=1}^{K} W_{o,c,k}\, x_{b,c,N(v)_k}
+
+    where :math:`N(v)` lists the ring of ``v`` in angular order with the centre last
+    (:func:`spherical_ops.topology.neighbors_1ring` / ``neighbors_2ring``); ``K = 7`` or ``19``.
+    Pentagon vertices repeat the centre in their missing slots.
+
+    Args:
+        in_channels, out_channels: feature channels.
+        level: icosahedral level of the mesh (0..7).
+        ring: 1 (7-vertex filter) or 2 (19-vertex filter).
+        bias: learn an additive bias per output channel.
+
+    Shapes:
+        input (B, in_channels, V), output (B, out_channels, V), ``V = 10 * 4**level + 2``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, level: int, ring: int = 1, bias: bool = True):
+        super().__init__()
+        if ring not in (1, 2):
+            raise ValueError(f"ring must be 1 (7-vertex filter) or 2 (19-vertex filter), got {ring!r}")
+        _check_channels(in_channels, "in_channels")
+        _check_channels(out_channels, "out_channels")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.level, self.ring = check_level(level), int(ring)
+        table = topology.neighbors_1ring(self.level) if ring == 1 else topology.neighbors_2ring(self.level)
+        self.kernel_size = table.shape[1]
+        self.register_buffer("index", _long_buffer(table.reshape(-1)), persistent=False)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform weights and uniform bias, as ``nn.Conv1d`` with kernel size K."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels, self.level, "IcoConv")
+        return neighborhood_conv(x, self.weight.to(x.dtype),
+                                 None if self.bias is None else self.bias.to(x.dtype), self.index)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, level={self.level}, ring={self.ring}, "
+                f"bias={self.bias is not None}")
+
+
+class IcoPool(nn.Module):
+    """Pooling from level ``level`` to ``level - 1`` over each coarse vertex's 7-vertex fine ring.
+
+    ``mode="mean"`` averages the 7 values (a pentagon's repeated centre counts twice),
+    ``mode="max"`` keeps the largest.
+
+    Shapes:
+        input (B, C, V(level)), output (B, C, V(level - 1)) with ``V(level - 1) = (V(level) + 6) / 4``.
+    """
+
+    def __init__(self, level: int, mode: str = "mean"):
+        super().__init__()
+        self.level = check_level(level)
+        if self.level == 0:
+            raise ValueError("IcoPool needs level >= 1: level 0 has no coarser level")
+        if mode not in ("mean", "max"):
+            raise ValueError(f"mode must be 'mean' or 'max', got {mode!r}")
+        self.mode = mode
+        table = topology.pooling_index(self.level)
+        if mode == "mean":
+            _register_sparse(self, "matrix", averaging_matrix(table, n_vertices(self.level)))
+        else:
+            self.register_buffer("index", _long_buffer(table), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, x.shape[1] if x.dim() == 3 else 0, self.level, "IcoPool")
+        if self.mode == "mean":
+            return sparse_map(x, self.matrix, self.matrix_t)
+        return x[:, :, self.index].amax(dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"level={self.level} -> {self.level - 1}, mode={self.mode!r}"
+
+
+class IcoUpsample(nn.Module):
+    """Parameter-free upsampling from level ``level`` to ``level + 1``.
+
+    Existing vertices keep their value; each new vertex takes the mean of its two parents.
+
+    Shapes:
+        input (B, C, V(level)), output (B, C, V(level + 1)) with ``V(level + 1) = 4 * V(level) - 6``.
+    """
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = check_level(level, max_level=6)
+        n_coarse, n_fine = n_vertices(self.level), n_vertices(self.level + 1)
+        parents = topology.upsampling_parents(self.level + 1)
+        rows = np.concatenate([np.arange(n_coarse), np.repeat(np.arange(n_coarse, n_fine), 2)])
+        cols = np.concatenate([np.arange(n_coarse), parents.reshape(-1)])
+        vals = np.concatenate([np.ones(n_coarse), np.full(parents.size, 0.5)])
+        _register_sparse(self, "matrix", sp.csr_matrix((vals, (rows, cols)), shape=(n_fine, n_coarse)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, x.shape[1] if x.dim() == 3 else 0, self.level, "IcoUpsample")
+        return sparse_map(x, self.matrix, self.matrix_t)
+
+    def extra_repr(self) -> str:
+        return f"level={self.level} -> {self.level + 1}"
+
+
+class IcoUpConv(nn.Module):
+    r"""Transposed convolution of the Spherical U-Net, from level ``level`` to ``level + 1``.
+
+    Every coarse vertex ``i`` emits seven vectors :math:`z_{i,k} = W_k x_i` (``W_k``: out x in), one per
+    slot ``k`` of its ring in the fine mesh (slot 6 is ``i`` itself). A coarse vertex keeps its centre
+    output; each new vertex averages the two outputs it receives from its two parents; then the bias
+    is added:
+
+    .. math::
+        y_u = b + \begin{cases} z_{u,6} & u < V(\text{level}) \\
+              \tfrac12 (z_{p_1,k_1} + z_{p_2,k_2}) & \text{otherwise} \end{cases}
+
+    Shapes:
+        input (B, in_channels, V(level)), output (B, out_channels, V(level + 1)).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, level: int, bias: bool = True):
+        super().__init__()
+        _check_channels(in_channels, "in_channels")
+        _check_channels(out_channels, "out_channels")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.level = check_level(level, max_level=6)
+        slots = topology.upconv_slots(self.level + 1)               # (V_fine, 2) into 7 * V_coarse
+        n_fine, n_src = slots.shape[0], 7 * n_vertices(self.level)
+        rows = np.repeat(np.arange(n_fine), 2)
+        matrix = sp.csr_matrix((np.full(rows.size, 0.5), (rows, slots.reshape(-1))), shape=(n_fine, n_src))
+        _register_sparse(self, "matrix", matrix)
+        # weight[k * out + o, c]: slot-major rows so that (B, V, 7*out) views as (B, 7*V, out).
+        self.weight = nn.Parameter(torch.empty(7 * out_channels, in_channels))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """As ``nn.Linear(in_channels, 7 * out_channels)``."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_channels)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels, self.level, "IcoUpConv")
+        batch, _, n_coarse = x.shape
+        z = torch.matmul(x.transpose(1, 2), self.weight.to(x.dtype).t())        # (B, V, 7*out)
+        z = z.reshape(batch, 7 * n_coarse, self.out_channels).transpose(1, 2)   # (B, out, 7V)
+        y = sparse_map(z, self.matrix, self.matrix_t)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype).view(1, -1, 1)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, level={self.level} -> {self.level + 1}"
+
+
+def _make_norm(kind: str, channels: int) -> nn.Module:
+    if kind == "group":
+        # Four groups as in the Spherical U-Net; fewer when the channel count does not divide.
+        groups = math.gcd(4, channels)
+        return nn.GroupNorm(groups, channels)
+    if kind == "instance":
+        return nn.GroupNorm(channels, channels)
+    if kind == "batch":
+        return nn.BatchNorm1d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be 'group', 'instance', 'batch' or 'none', got {kind!r}")
+
+
+class _ConvBlock(nn.Sequential):
+    """2 x (IcoConv, norm, LeakyReLU(0.2))."""
+
+    def __init__(self, in_channels: int, out_channels: int, level: int, norm: str, ring: int):
+        super().__init__(
+            IcoConv(in_channels, out_channels, level, ring=ring), _make_norm(norm, out_channels),
+            nn.LeakyReLU(0.2, inplace=True),
+            IcoConv(out_channels, out_channels, level, ring=ring), _make_norm(norm, out_channels),
+            nn.LeakyReLU(0.2, inplace=True),
+        )
+
+
+class IcoUNet(nn.Module):
+    """Spherical U-Net: an encoder-decoder over ``depth`` icosahedral levels with skip connections.
+
+    Encoder: at ``level``, a block of 2 x (IcoConv, norm, LeakyReLU 0.2) from ``in_channels`` to
+    ``base_channels``; then ``depth - 1`` times: mean pooling to the next coarser level and a block
+    doubling the channels. Decoder: ``depth - 1`` times: IcoUpConv to the next finer level (halving
+    the channels), concatenation with the encoder's features there, and a block. A per-vertex linear
+    layer maps ``base_channels`` to ``out_channels``.
+
+    With ``depth=5, base_channels=16`` the widths are 16-32-64-128-256 (1.7 M parameters for one
+    input and one output channel), the configuration of the Spherical U-Net peers.
+
+    Args:
+        in_channels, out_channels: input features (e.g. thickness, sulc, curv) and outputs.
+        level: icosahedral level of the data (``level - depth + 1`` must be >= 0).
+        depth: number of resolution levels.
+        base_channels: channels at the finest level.
+        norm: "group" (GroupNorm, 4 groups), "instance", "batch" or "none".
+        ring: 1 or 2, the convolution neighbourhood.
+
+    Shapes:
+        input (B, in_channels, V(level)), output (B, out_channels, V(level)).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, level: int, depth: int = 5,
+                 base_channels: int = 16, norm: str = "group", ring: int = 1):
+        super().__init__()
+        self.level = check_level(level)
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be a positive int, got {depth!r}")
+        if self.level - depth + 1 < 0:
+            raise ValueError(f"depth {depth} needs level >= {depth - 1} (one level per resolution); got level {level}")
+        _check_channels(base_channels, "base_channels")
+        self.in_channels, self.out_channels, self.depth = int(in_channels), int(out_channels), depth
+        widths = [base_channels * 2 ** i for i in range(depth)]
+        levels = [self.level - i for i in range(depth)]
+        self.down = nn.ModuleList()
+        for i in range(depth):
+            block = _ConvBlock(in_channels if i == 0 else widths[i - 1], widths[i], levels[i], norm, ring)
+            self.down.append(block if i == 0 else nn.Sequential(IcoPool(levels[i - 1]), block))
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for i in reversed(range(depth - 1)):
+            self.up.append(IcoUpConv(widths[i + 1], widths[i], levels[i + 1]))
+            self.merge.append(_ConvBlock(2 * widths[i], widths[i], levels[i], norm, ring))
+        self.head = nn.Conv1d(widths[0], out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels, self.level, "IcoUNet")
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for up, merge in zip(self.up, self.merge):
+            x = merge(torch.cat([up(x), skips.pop()], dim=1))
+        return self.head(x)
+
+    def extra_repr(self) -> str:
+        return f"level={self.level}, depth={self.depth}"
+
+
+def _check_channels(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _register_sparse(module: nn.Module, name: str, matrix: sp.spmatrix) -> None:
+    """Register ``matrix`` and its transpose as non-persistent sparse CSR buffers."""
+    module.register_buffer(name, csr_tensor(matrix), persistent=False)
+    module.register_buffer(f"{name}_t", csr_tensor(sp.csr_matrix(matrix).T), persistent=False)

@@ -1,0 +1,153 @@
+"""Neighbourhood, pooling and upsampling index tables of the icosahedral spheres (vectorised, cached).
+
+All tables are int64 numpy arrays (read-only, cached per level) indexing the vertices of
+:func:`spherical_ops.icosphere` in FreeSurfer order.
+
+Angular order: the neighbours of a vertex are listed counter-clockwise seen from outside the sphere,
+starting with the neighbour that lies first counter-clockwise from the local "north" direction
+(the tangent direction towards +z; towards +x at the poles). The 12 icosahedron vertices have five
+neighbours instead of six: their sixth slot repeats the centre, so every row has the same width and a
+convolution weight never mixes a missing neighbour with a real one.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import scipy.sparse as sp
+
+from spherical_ops.mesh import check_level, icosphere, n_vertices, upsample_parents
+
+
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    arr.setflags(write=False)
+    return arr
+
+
+@functools.lru_cache(maxsize=None)
+def adjacency(level: int) -> sp.csr_matrix:
+    """Vertex adjacency of the level-``level`` sphere: (V, V) CSR, 1 where an edge joins two vertices."""
+    faces = icosphere(level).faces
+    v = n_vertices(level)
+    rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
+    cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
+    adj = sp.csr_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(v, v))
+    adj = ((adj + adj.T) > 0).astype(np.int8)
+    adj.sort_indices()
+    return adj
+
+
+def _angular_sort(centres: np.ndarray, ring: np.ndarray, valid: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Sort each row of ``ring`` (V, K) counter-clockwise around its centre; invalid slots go last."""
+    n = vertices[centres]                                       # (V, 3) outward normals
+    ref = np.zeros_like(n)
+    ref[:, 2] = 1.0
+    polar = np.abs(n[:, 2]) > 1.0 - 1e-9
+    ref[polar] = (1.0, 0.0, 0.0)
+    e1 = ref - np.sum(ref * n, axis=1, keepdims=True) * n       # local north in the tangent plane
+    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
+    e2 = np.cross(n, e1)                                        # (e1, e2, n) right-handed: CCW from outside
+    d = vertices[ring] - n[:, None, :]
+    angle = np.mod(np.arctan2(np.einsum("vkd,vd->vk", d, e2), np.einsum("vkd,vd->vk", d, e1)), 2 * np.pi)
+    angle[~valid] = np.inf
+    order = np.argsort(angle, axis=1, kind="stable")
+    return np.take_along_axis(ring, order, axis=1)
+
+
+def _padded_rows(matrix: sp.csr_matrix, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices of each CSR row padded to ``width``: ``(indices (V, width), valid mask)``."""
+    counts = np.diff(matrix.indptr)
+    if counts.max() > width:
+        raise RuntimeError(f"a vertex has {counts.max()} neighbours, more than {width}")
+    rows = np.repeat(np.arange(matrix.shape[0]), counts)
+    slot = np.arange(matrix.indices.size) - np.repeat(matrix.indptr[:-1], counts)
+    out = np.repeat(np.arange(matrix.shape[0])[:, None], width, axis=1)   # pad with the centre
+    valid = np.zeros((matrix.shape[0], width), bool)
+    out[rows, slot] = matrix.indices
+    valid[rows, slot] = True
+    return out, valid
+
+
+@functools.lru_cache(maxsize=None)
+def neighbors_1ring(level: int) -> np.ndarray:
+    """1-ring neighbourhoods: (V, 7) int64, six neighbours in angular order then the centre.
+
+    The 12 pentagon vertices (indices 0-11) repeat the centre in slot 5.
+    """
+    level = check_level(level)
+    v = n_vertices(level)
+    ring, valid = _padded_rows(adjacency(level), 6)
+    centres = np.arange(v)
+    ring = _angular_sort(centres, ring, valid, icosphere(level).vertices)
+    return _readonly(np.concatenate([ring, centres[:, None]], axis=1))
+
+
+@functools.lru_cache(maxsize=None)
+def neighbors_2ring(level: int) -> np.ndarray:
+    """2-ring neighbourhoods: (V, 19) int64: the six 1-ring neighbours (as in :func:`neighbors_1ring`),
+    then the twelve vertices at graph distance 2 in angular order, then the centre.
+
+    Vertices with fewer than 6 + 12 such neighbours (pentagons and their neighbours) repeat the
+    centre in the missing slots.
+    """
+    level = check_level(level)
+    v = n_vertices(level)
+    adj = adjacency(level).astype(np.int32)
+    eye = sp.identity(v, dtype=np.int32, format="csr")
+    within2 = ((adj + eye) @ (adj + eye)) > 0
+    second = (within2.astype(np.int8) - ((adj + eye) > 0).astype(np.int8)).tocsr()
+    second.eliminate_zeros()
+    second.sort_indices()
+    ring2, valid = _padded_rows(second, 12)
+    ring2 = _angular_sort(np.arange(v), ring2, valid, icosphere(level).vertices)
+    one = neighbors_1ring(level)
+    return _readonly(np.concatenate([one[:, :6], ring2, one[:, 6:]], axis=1))
+
+
+@functools.lru_cache(maxsize=None)
+def pooling_index(level: int) -> np.ndarray:
+    """Pooling table from level ``level`` to ``level - 1``: (V(level-1), 7) int64.
+
+    Row ``i`` lists the 7-vertex ring of coarse vertex ``i`` in the fine mesh (nesting makes coarse
+    vertex ``i`` the fine vertex ``i``): its six fine neighbours in angular order, then itself.
+    """
+    level = check_level(level)
+    if level == 0:
+        raise ValueError("cannot pool below level 0")
+    return _readonly(np.ascontiguousarray(neighbors_1ring(level)[: n_vertices(level - 1)]))
+
+
+@functools.lru_cache(maxsize=None)
+def upsampling_parents(level: int) -> np.ndarray:
+    """Parents of the vertices that level ``level`` adds: (V(level) - V(level-1), 2) int64.
+
+    Row ``i`` holds the two level-``level - 1`` vertices whose normalised midpoint is vertex
+    ``V(level-1) + i`` (same as :func:`spherical_ops.upsample_parents`).
+    """
+    return upsample_parents(level)
+
+
+@functools.lru_cache(maxsize=None)
+def upconv_slots(level: int) -> np.ndarray:
+    """Where each fine vertex reads its transposed-convolution value: (V(level), 2) int64.
+
+    The transposed convolution from level ``level - 1`` gives every coarse vertex ``i`` seven outputs,
+    one per slot ``k`` of its fine 1-ring (slot 6 = itself). Output ``(i, k)`` is stored at flat
+    position ``7 * i + k``. Fine vertex ``u`` averages the two positions in row ``u``:
+    a coarse vertex reads its own centre slot twice; a new vertex reads the slot it occupies in the
+    ring of each of its two parents.
+    """
+    level = check_level(level)
+    if level == 0:
+        raise ValueError("level 0 has no coarser level to upsample from")
+    n_coarse = n_vertices(level - 1)
+    ring = pooling_index(level)[:, :6]                          # (n_coarse, 6) fine neighbours
+    parents = upsampling_parents(level)                         # (n_new, 2)
+    new = np.arange(n_coarse, n_vertices(level))
+    slots = np.empty((new.size, 2), np.int64)
+    for j in range(2):
+        p = parents[:, j]
+        hit = ring[p] == new[:, None]                           # exactly one slot matches
+        slots[:, j] = 7 * p + np.argmax(hit, axis=1)
+    own = 7 * np.arange(n_coarse) + 6
+    return _readonly(np.concatenate([np.stack([own, own], 1), slots]))

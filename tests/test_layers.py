@@ -1,0 +1,243 @@
+"""Spherical layers against slow, obviously-correct loop references (levels 0-3), invariants and errors."""
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import cKDTree
+
+import spherical_ops as so
+from spherical_ops import IcoConv, IcoPool, IcoUNet, IcoUpConv, IcoUpsample, topology
+
+torch.set_default_dtype(torch.float64)
+
+
+def loop_conv(x, weight, bias, table):
+    """y[:, :, v] = bias + sum_k weight[:, :, k] @ x[:, :, table[v, k]], one vertex at a time."""
+    cols = []
+    for v in range(table.shape[0]):
+        acc = bias.view(1, -1).expand(x.shape[0], -1).clone() if bias is not None else 0
+        for k in range(table.shape[1]):
+            acc = acc + x[:, :, int(table[v, k])] @ weight[:, :, k].t()
+        cols.append(acc)
+    return torch.stack(cols, dim=2)
+
+
+def loop_pool(x, level, mode):
+    table = topology.neighbors_1ring(level)
+    cols = []
+    for i in range(so.n_vertices(level - 1)):
+        vals = torch.stack([x[:, :, int(j)] for j in table[i]], dim=-1)
+        cols.append(vals.mean(-1) if mode == "mean" else vals.max(-1).values)
+    return torch.stack(cols, dim=2)
+
+
+def loop_upsample(x, level):
+    parents = so.upsample_parents(level + 1)
+    cols = [x[:, :, i] for i in range(x.shape[2])]
+    cols += [(x[:, :, int(a)] + x[:, :, int(b)]) / 2 for a, b in parents]
+    return torch.stack(cols, dim=2)
+
+
+def loop_upconv(x, weight, bias, level, out_channels):
+    """Each coarse vertex emits one vector per fine-ring slot; new vertices average their parents'."""
+    ring = topology.neighbors_1ring(level + 1)
+    w = weight.view(7, out_channels, -1)
+    n_coarse = x.shape[2]
+    cols = [x[:, :, i] @ w[6].t() for i in range(n_coarse)]
+    for u, (a, b) in enumerate(so.upsample_parents(level + 1), start=n_coarse):
+        ka = int(np.where(ring[a] == u)[0][0])
+        kb = int(np.where(ring[b] == u)[0][0])
+        cols.append((x[:, :, int(a)] @ w[ka].t() + x[:, :, int(b)] @ w[kb].t()) / 2)
+    return torch.stack(cols, dim=2) + bias.view(1, -1, 1)
+
+
+def grads(fn, *tensors, seed=0):
+    """Gradients of a fixed random projection of fn's output with respect to ``tensors``."""
+    for t in tensors:
+        t.grad = None
+    out = fn()
+    torch.manual_seed(seed)
+    (out * torch.randn(out.shape, dtype=out.dtype)).sum().backward()   # contiguous: same values for any layout
+    return out.detach(), [t.grad.clone() for t in tensors]
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+@pytest.mark.parametrize("ring", [1, 2])
+def test_ico_conv_matches_loop_reference(level, ring):
+    torch.manual_seed(level)
+    conv = IcoConv(3, 4, level, ring=ring)
+    x = torch.randn(2, 3, so.n_vertices(level), requires_grad=True)
+    table = topology.neighbors_1ring(level) if ring == 1 else topology.neighbors_2ring(level)
+    y_fast, g_fast = grads(lambda: conv(x), x, conv.weight, conv.bias)
+    y_ref, g_ref = grads(lambda: loop_conv(x, conv.weight, conv.bias, table), x, conv.weight, conv.bias)
+    torch.testing.assert_close(y_fast, y_ref)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_ico_conv_tiles_match_one_shot(monkeypatch):
+    """Level 5 spans several CPU tiles; the result must not depend on the tile size."""
+    from spherical_ops import functional
+    torch.manual_seed(1)
+    conv = IcoConv(2, 3, 5)
+    x = torch.randn(1, 2, so.n_vertices(5), requires_grad=True)
+    y_tiled, g_tiled = grads(lambda: conv(x), x, conv.weight)
+    monkeypatch.setattr(functional, "CPU_TILE", 10 ** 9)
+    y_one, g_one = grads(lambda: conv(x), x, conv.weight)
+    torch.testing.assert_close(y_tiled, y_one)
+    for a, b in zip(g_tiled, g_one):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["mean", "max"])
+def test_ico_pool_matches_loop_reference(level, mode):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, so.n_vertices(level), requires_grad=True)
+    pool = IcoPool(level, mode)
+    y_fast, (g_fast,) = grads(lambda: pool(x), x)
+    y_ref, (g_ref,) = grads(lambda: loop_pool(x, level, mode), x)
+    assert y_fast.shape == (2, 3, so.n_vertices(level - 1))
+    torch.testing.assert_close(y_fast, y_ref)
+    torch.testing.assert_close(g_fast, g_ref)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_ico_upsample_matches_loop_reference(level):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, so.n_vertices(level), requires_grad=True)
+    up = IcoUpsample(level)
+    y_fast, (g_fast,) = grads(lambda: up(x), x)
+    y_ref, (g_ref,) = grads(lambda: loop_upsample(x, level), x)
+    torch.testing.assert_close(y_fast, y_ref)
+    torch.testing.assert_close(g_fast, g_ref)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_ico_upconv_matches_loop_reference(level):
+    torch.manual_seed(level)
+    up = IcoUpConv(3, 2, level)
+    x = torch.randn(2, 3, so.n_vertices(level), requires_grad=True)
+    y_fast, g_fast = grads(lambda: up(x), x, up.weight, up.bias)
+    y_ref, g_ref = grads(lambda: loop_upconv(x, up.weight, up.bias, level, 2), x, up.weight, up.bias)
+    assert y_fast.shape == (2, 2, so.n_vertices(level + 1))
+    torch.testing.assert_close(y_fast, y_ref)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("layer", [IcoPool(4, "mean"), IcoPool(4, "max"), IcoUpsample(3)])
+def test_constant_field_stays_constant(layer):
+    x = torch.full((1, 2, so.n_vertices(layer.level)), 3.25)
+    torch.testing.assert_close(layer(x), torch.full_like(layer(x), 3.25))
+
+
+def test_centre_only_weights_make_a_per_vertex_linear_map():
+    torch.manual_seed(0)
+    conv = IcoConv(3, 5, 3)
+    with torch.no_grad():
+        conv.weight[:, :, :6] = 0
+    x = torch.randn(2, 3, so.n_vertices(3))
+    expected = torch.einsum("oc,bcv->bov", conv.weight[:, :, 6], x) + conv.bias.view(1, -1, 1)
+    torch.testing.assert_close(conv(x), expected)
+
+
+def rotation_permutation(rotation, level):
+    """perm such that rotating the mesh maps vertex i onto vertex perm[i] (None if not a symmetry)."""
+    vertices = so.icosphere(level).vertices
+    dist, perm = cKDTree(vertices).query(vertices @ rotation.T)
+    return perm if dist.max() < 1e-9 else None
+
+
+def axis_rotation(axis, angle):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def icosahedral_rotations():
+    ico = so.icosphere(0)
+    v, f = ico.vertices, ico.faces
+    yield axis_rotation(v[0], 2 * np.pi / 5)                       # 5-fold, through a vertex
+    yield axis_rotation(v[3], 4 * np.pi / 5)                       # 5-fold, another vertex
+    yield axis_rotation(v[f[7]].mean(0), 2 * np.pi / 3)            # 3-fold, through a face centre
+    yield axis_rotation(v[0] + v[3], np.pi)                        # 2-fold, through an edge midpoint
+
+
+@pytest.mark.parametrize("rotation", list(icosahedral_rotations()))
+def test_isotropic_conv_commutes_with_icosahedral_rotations(rotation):
+    level = 3
+    perm = rotation_permutation(rotation, level)
+    assert perm is not None and np.unique(perm).size == perm.size
+    torch.manual_seed(0)
+    conv = IcoConv(2, 3, level)
+    with torch.no_grad():                                           # tie the six neighbour weights
+        conv.weight[:, :, :6] = conv.weight[:, :, :1]
+    x = torch.randn(1, 2, so.n_vertices(level))
+    rotated = torch.empty_like(x)
+    rotated[:, :, perm] = x                                          # field carried along by the rotation
+    out_rot = torch.empty_like(x[:, :1].expand(1, 3, -1)).clone()
+    out_rot[:, :, perm] = conv(x)
+    torch.testing.assert_close(conv(rotated), out_rot)
+
+
+def test_unet_shapes_levels_and_parameter_count():
+    net = IcoUNet(2, 3, level=4, depth=3, base_channels=8)
+    x = torch.randn(2, 2, so.n_vertices(4))
+    assert net(x).shape == (2, 3, so.n_vertices(4))
+    assert sum(p.numel() for p in IcoUNet(1, 1, 7).parameters()) == 1_682_097
+
+
+def test_unet_overfits_a_smooth_target_quickly():
+    torch.manual_seed(0)
+    net = IcoUNet(1, 1, level=3, depth=3, base_channels=8).float()
+    vertices = torch.from_numpy(so.icosphere(3).vertices).float()
+    x = vertices[:, 2].view(1, 1, -1)
+    target = (vertices[:, 0] * vertices[:, 1]).view(1, 1, -1)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    first = None
+    for _ in range(150):
+        opt.zero_grad()
+        loss = torch.mean((net(x) - target) ** 2)
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.05 * first
+
+
+def test_state_dict_holds_only_weights_and_buffers_follow_dtype():
+    net = IcoUNet(1, 1, level=3, depth=2, base_channels=4)
+    keys = net.state_dict().keys()
+    assert not any(k.endswith(("index", "matrix", "matrix_t")) for k in keys)
+    half = IcoPool(3).to(torch.float32)
+    assert half.matrix.dtype == torch.float32
+    x = torch.randn(1, 1, so.n_vertices(3), dtype=torch.float32)
+    assert net.float()(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("make, shape, match", [
+    (lambda: IcoConv(3, 4, 2), (1, 3, 100), "162 vertices, got 100"),
+    (lambda: IcoConv(3, 4, 2), (1, 3, 642), "level 3"),
+    (lambda: IcoConv(3, 4, 2), (1, 2, 162), "3 input channels"),
+    (lambda: IcoConv(3, 4, 2), (3, 162), "3-D tensor"),
+    (lambda: IcoUNet(1, 1, 3, depth=2), (1, 1, 2562), "expects 642 vertices"),
+])
+def test_bad_inputs_name_what_was_expected(make, shape, match):
+    with pytest.raises(ValueError, match=match):
+        make()(torch.zeros(shape))
+
+
+def test_integer_input_and_bad_constructor_arguments():
+    with pytest.raises(TypeError, match="floating-point"):
+        IcoConv(1, 1, 1)(torch.zeros(1, 1, 42, dtype=torch.int64))
+    with pytest.raises(ValueError, match="ring"):
+        IcoConv(1, 1, 1, ring=3)
+    with pytest.raises(ValueError, match="level 0"):
+        IcoPool(0)
+    with pytest.raises(ValueError, match="depth 5 needs level >= 4"):
+        IcoUNet(1, 1, level=3)
+    with pytest.raises(ValueError, match="in_channels"):
+        IcoConv(0, 1, 1)
+
+
+def test_repr_shows_level_and_channels():
+    assert "level=5" in repr(IcoConv(3, 8, 5)) and "3, 8" in repr(IcoConv(3, 8, 5))

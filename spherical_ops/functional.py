@@ -37,22 +37,24 @@ class _NeighborhoodConv(torch.autograd.Function):
         n_out = flat_index.numel() // ring_size
         w_rows = _slot_major(weight)                                   # (O, K*C)
         x_rows = x.transpose(1, 2).contiguous()                         # (B, V_in, C): rows gather fast
-        y_rows = x.new_empty(batch, n_out, c_out)
+        # Tiles are written straight into the channels-first output: an (O, T) slice of (O, V) is a
+        # valid BLAS matrix (leading dimension V), so no transposed copy of the output is needed.
+        y = x.new_empty(batch, c_out, n_out)
         tile = _tile_size(x.device, n_out)
         buf = x.new_empty(tile * ring_size, c_in)
         for b in range(batch):
             for start in range(0, n_out, tile):
                 stop = min(n_out, start + tile)
                 gathered = _gather_tile(x_rows[b], flat_index, start, stop, ring_size, buf)
-                out = y_rows[b, start:stop]
+                out = y[b, :, start:stop]
                 if bias is None:
-                    torch.mm(gathered, w_rows.t(), out=out)
+                    torch.mm(w_rows, gathered.t(), out=out)
                 else:
-                    torch.addmm(bias, gathered, w_rows.t(), out=out)
+                    torch.addmm(bias.unsqueeze(1), w_rows, gathered.t(), out=out)
         ctx.save_for_backward(x, weight, flat_index)
         ctx.has_bias = bias is not None
         ctx.ring_size = ring_size
-        return y_rows.transpose(1, 2).contiguous()
+        return y
 
     @staticmethod
     @once_differentiable
@@ -64,7 +66,8 @@ class _NeighborhoodConv(torch.autograd.Function):
         n_out = flat_index.numel() // k
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         w_rows = _slot_major(weight)
-        grad_rows = grad_y.transpose(1, 2).contiguous()                 # (B, V_out, O)
+        if grad_y.stride(2) != 1:
+            grad_y = grad_y.contiguous()
         x_rows = x.transpose(1, 2).contiguous() if need_w else None
         grad_w_rows = torch.zeros_like(w_rows) if need_w else None
         grad_x_rows = x.new_zeros(batch, n_in, c_in) if need_x else None
@@ -74,12 +77,12 @@ class _NeighborhoodConv(torch.autograd.Function):
         for b in range(batch):
             for start in range(0, n_out, tile):
                 stop = min(n_out, start + tile)
-                g_tile = grad_rows[b, start:stop]                       # (T, O)
+                g_tile = grad_y[b, :, start:stop]                       # (O, T), read in place
                 if need_w:
                     gathered = _gather_tile(x_rows[b], flat_index, start, stop, k, buf)
-                    grad_w_rows.addmm_(g_tile.t(), gathered)
+                    grad_w_rows.addmm_(g_tile, gathered)
                 if need_x:
-                    g_gathered = torch.mm(g_tile, w_rows, out=grad_buf[: stop - start])
+                    g_gathered = torch.mm(g_tile.t(), w_rows, out=grad_buf[: stop - start])
                     grad_x_rows[b].index_add_(0, flat_index[start * k: stop * k],
                                               g_gathered.view(-1, c_in))
         grad_x = grad_x_rows.transpose(1, 2).contiguous() if need_x else None
@@ -110,8 +113,7 @@ def neighborhood_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         x: (B, C_in, V_in) input features.
         weight: (C_out, C_in, K) filter, one weight per neighbourhood slot.
         bias: (C_out,) or None.
-        index: (V_out, K) int64 neighbourhood table (e.g. ``topology.neighbors_1ring``), as a flat
-            (V_out * K,) tensor or 2-D.
+        index: (V_out, K) int32 or int64 neighbourhood table (e.g. ``topology.neighbors_1ring``).
 
     Returns:
         (B, C_out, V_out): ``y[b, o, v] = bias[o] + sum_{c, k} weight[o, c, k] * x[b, c, index[v, k]]``.
@@ -158,14 +160,14 @@ def sparse_map(x: torch.Tensor, matrix: torch.Tensor, matrix_t: torch.Tensor) ->
 
 
 def csr_tensor(matrix: sp.spmatrix, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A scipy sparse matrix as a torch sparse CSR tensor (int64 indices)."""
+    """A scipy sparse matrix as a torch sparse CSR tensor (int32 indices: all meshes have < 2**31 entries)."""
     m = sp.csr_matrix(matrix)
     m.sort_indices()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
         return torch.sparse_csr_tensor(
-            torch.from_numpy(m.indptr.astype(np.int64)),
-            torch.from_numpy(m.indices.astype(np.int64)),
+            torch.from_numpy(m.indptr.astype(np.int32)),
+            torch.from_numpy(m.indices.astype(np.int32)),
             torch.from_numpy(m.data.astype(np.float64)).to(dtype),
             size=m.shape,
         )
@@ -182,3 +184,59 @@ def averaging_matrix(index: np.ndarray, n_in: int) -> sp.csr_matrix:
     m = sp.csr_matrix((np.full(rows.size, 1.0 / k), (rows, index.reshape(-1))), shape=(n_out, n_in))
     m.sum_duplicates()
     return m
+
+
+class _GroupNormLeakyReLU(torch.autograd.Function):
+    """y = leaky_relu(GroupNorm(x)) saving only y: the backward pass inverts the activation and the
+    affine map to recover the normalised input, so the pre-activation tensor is never kept
+    (the in-place activated normalisation of Rota Bulo et al., CVPR 2018, for GroupNorm)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, eps, slope):
+        batch, channels, n = x.shape
+        y, _, rstd = torch.ops.aten.native_group_norm(x, weight, bias, batch, channels, n, groups, eps)
+        torch.nn.functional.leaky_relu_(y, slope)
+        ctx.save_for_backward(y, weight, bias, rstd)
+        ctx.groups, ctx.slope = groups, slope
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        y, weight, bias, rstd = ctx.saved_tensors
+        batch, channels, n = y.shape
+        groups, slope = ctx.groups, ctx.slope
+        positive = y >= 0
+        grad_z = torch.where(positive, grad_y, grad_y * slope)               # through the activation
+        z = torch.where(positive, y, y / slope)                              # pre-activation
+        gamma = _safe_scale(weight).view(1, channels, 1)
+        x_hat = (z - bias.view(1, channels, 1)) / gamma                      # normalised input
+        del z, positive
+        grad_weight = (grad_z * x_hat).sum((0, 2))
+        grad_bias = grad_z.sum((0, 2))
+        grad_hat = (grad_z * gamma).view(batch, groups, -1)
+        x_hat = x_hat.view(batch, groups, -1)
+        mean_grad = grad_hat.mean(-1, keepdim=True)
+        mean_grad_hat = (grad_hat * x_hat).mean(-1, keepdim=True)
+        grad_x = (grad_hat - mean_grad - x_hat * mean_grad_hat) * rstd.view(batch, groups, 1)
+        return grad_x.view(batch, channels, n), grad_weight, grad_bias, None, None, None
+
+
+def _safe_scale(weight: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
+    # A scale of exactly zero would make the normalised input unrecoverable; keep its magnitude
+    # above ``floor`` (only the backward pass sees this; trained scales are far from it).
+    return torch.where(weight.abs() < floor, torch.full_like(weight, floor) * torch.where(weight < 0, -1.0, 1.0),
+                       weight)
+
+
+def group_norm_leaky_relu(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                          eps: float = 1e-5, slope: float = 0.2) -> torch.Tensor:
+    """``leaky_relu(group_norm(x, groups, weight, bias, eps), slope)`` that stores only its output.
+
+    Args:
+        x: (B, C, V); weight, bias: (C,) the GroupNorm affine parameters; groups divides C.
+
+    Returns:
+        (B, C, V), equal to the unfused modules; gradients equal them while ``|weight| >= 1e-4``.
+    """
+    return _GroupNormLeakyReLU.apply(x, weight.to(x.dtype), bias.to(x.dtype), groups, eps, slope)

@@ -190,7 +190,7 @@ def test_unet_shapes_levels_and_parameter_count():
 def test_unet_overfits_a_smooth_target_quickly():
     torch.manual_seed(0)
     net = IcoUNet(1, 1, level=3, depth=3, base_channels=8).float()
-    vertices = torch.from_numpy(so.icosphere(3).vertices).float()
+    vertices = torch.tensor(so.icosphere(3).vertices, dtype=torch.float32)
     x = vertices[:, 2].view(1, 1, -1)
     target = (vertices[:, 0] * vertices[:, 1]).view(1, 1, -1)
     opt = torch.optim.Adam(net.parameters(), 1e-2)
@@ -241,3 +241,21 @@ def test_integer_input_and_bad_constructor_arguments():
 
 def test_repr_shows_level_and_channels():
     assert "level=5" in repr(IcoConv(3, 8, 5)) and "3, 8" in repr(IcoConv(3, 8, 5))
+
+
+@pytest.mark.parametrize("groups, channels", [(4, 8), (2, 2), (3, 3)])
+def test_fused_group_norm_leaky_relu_equals_the_separate_modules(groups, channels):
+    from spherical_ops.nn import GroupNormLeakyReLU
+    torch.manual_seed(0)
+    fused = GroupNormLeakyReLU(groups, channels)
+    with torch.no_grad():
+        fused.weight.uniform_(-2, 2)      # negative scales too: the inversion must handle their sign
+        fused.bias.uniform_(-1, 1)
+    plain = torch.nn.GroupNorm(groups, channels)
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, channels, 162, requires_grad=True)
+    y_fused, g_fused = grads(lambda: fused(x), x, fused.weight, fused.bias)
+    y_plain, g_plain = grads(lambda: torch.nn.functional.leaky_relu(plain(x), 0.2), x, plain.weight, plain.bias)
+    torch.testing.assert_close(y_fused, y_plain)
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b)

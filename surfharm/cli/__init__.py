@@ -11,7 +11,13 @@ import importlib
 import sys
 
 _SUBCOMMAND_MODULES = (
+    "benchmark",
+    "combat",
     "selfcheck",
+    "resample",
+    "render",
+    "report",
+    "volumetric",
 )
 
 

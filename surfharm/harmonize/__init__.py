@@ -7,5 +7,10 @@ from surfharm.harmonize.base import (
     get,
     register,
 )
+from surfharm.harmonize import baselines  # noqa: F401  (registers raw, mean-shift, mean-std, global-scaling)
 
-__all__ = ["Harmonizer", "HarmonizerInputError", "NotFittedError", "available", "get", "register"]
+from surfharm.harmonize.combat import ComBat  # noqa: E402  (registers "combat")
+from surfharm.harmonize.longitudinal import LongComBat  # noqa: E402  (registers "combat-long")
+import surfharm.volumetric  # noqa: E402,F401  (registers the volumetric methods)
+
+__all__ = ["ComBat", "Harmonizer", "LongComBat", "HarmonizerInputError", "NotFittedError", "available", "get", "register"]

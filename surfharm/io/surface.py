@@ -1,0 +1,76 @@
+"""Small data classes shared by the readers: a triangle mesh and an annotation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Surface:
+    """A triangle mesh (FreeSurfer surface, GIfTI surface, sphere).
+
+    Attributes:
+        vertices: (V, 3) float64 coordinates (mm for white/pial; radius 100 for FreeSurfer spheres).
+        faces: (F, 3) int64 vertex indices, 0-based.
+        source: the file it was read from, or None.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    source: str | None = None
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.vertices.shape[0])
+
+    @property
+    def n_faces(self) -> int:
+        return int(self.faces.shape[0])
+
+    def __repr__(self) -> str:
+        src = f", source={self.source!r}" if self.source else ""
+        return f"Surface(n_vertices={self.n_vertices}, n_faces={self.n_faces}{src})"
+
+
+@dataclass(frozen=True, eq=False)
+class Annotation:
+    """A FreeSurfer annotation (parcellation).
+
+    Attributes:
+        labels: (V,) int64, index into ``names`` per vertex; -1 where no label is assigned.
+        names: region names, ``names[labels[v]]`` is vertex v's region.
+        ctab: (n_regions, 5) int colour table (r, g, b, alpha, id) as FreeSurfer stores it.
+        source: the file it was read from, or None.
+    """
+
+    labels: np.ndarray
+    names: list[str]
+    ctab: np.ndarray = field(repr=False)
+    source: str | None = None
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def validate_surface(vertices: np.ndarray, faces: np.ndarray, source: str) -> Surface:
+    """Return a :class:`Surface` after checking shapes, finiteness and face indices; errors name ``source``."""
+    from surfharm.io.errors import InputFileError
+
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces)
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or vertices.shape[0] < 4:
+        raise InputFileError(f"{source}: expected (V, 3) vertex coordinates with V >= 4, got shape {vertices.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.shape[0] < 4:
+        raise InputFileError(f"{source}: expected (F, 3) triangle faces with F >= 4, got shape {faces.shape}")
+    if faces.dtype.kind not in "iu":
+        raise InputFileError(f"{source}: face indices must be integers, got dtype {faces.dtype}")
+    faces = faces.astype(np.int64, copy=False)
+    bad = ~np.isfinite(vertices).all(axis=1)
+    if bad.any():
+        raise InputFileError(f"{source}: {int(bad.sum())} vertices have NaN/inf coordinates (first: vertex {int(np.argmax(bad))})")
+    if faces.min() < 0 or faces.max() >= vertices.shape[0]:
+        raise InputFileError(
+            f"{source}: face indices range {faces.min()}..{faces.max()} but the surface has {vertices.shape[0]} vertices")
+    return Surface(vertices=vertices, faces=faces, source=source)

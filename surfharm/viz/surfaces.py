@@ -1,0 +1,239 @@
+"""Which mesh to draw a map on: fsaverage5 meshes shipped with nilearn, or any surface the user gives.
+
+A map is drawn on a mesh with exactly one vertex per value. Named surfaces (``"pial"``, ``"white"``,
+``"inflated"``, ``"sphere"``) are nilearn's fsaverage5 meshes (offline). Maps on other icosahedral
+levels still draw on them, because icosahedral meshes in FreeSurfer order are nested (the first
+V(k) vertices of level k+1 are level k):
+
+- finer maps (fsaverage6 40962, fsaverage 163842 values) are cut to their first 10242 values,
+  which are exactly their values at the fsaverage5 vertices;
+- coarser maps (ic4 2562, ic3 642, ...) draw on the first V(k) fsaverage5 vertices connected by
+  the level-k icosahedron's faces.
+
+Hemispheres: ``"left"``/``"right"`` (``"lh"``/``"rh"`` accepted); ``"both"`` means one array holding
+the left hemisphere then the right one (as FreeSurfer/ENIGMA tables and surfharm Cohorts stack them).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from surfharm.viz.mesh import MeshError, check_mesh
+
+FSAVERAGE5_VERTICES = 10242
+SURFACE_NAMES = {"pial": "pial", "white": "white", "inflated": "infl", "infl": "infl", "sphere": "sphere"}
+_HEMI_ALIASES = {"left": "left", "lh": "left", "l": "left", "right": "right", "rh": "right", "r": "right"}
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """A triangle mesh to draw on: ``vertices`` (V, 3) float64 in mm, ``faces`` (F, 3) int64; ``name`` for messages."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    name: str
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.vertices.shape[0])
+
+
+def normalize_hemi(hemi: str) -> str:
+    """``"lh"``/``"left"``... -> ``"left"``/``"right"``; ``"both"`` stays ``"both"``."""
+    key = str(hemi).lower()
+    if key == "both":
+        return "both"
+    if key not in _HEMI_ALIASES:
+        raise MeshError(f"hemi={hemi!r} is not a hemisphere; expected 'left', 'right' (or 'lh', 'rh') or 'both'")
+    return _HEMI_ALIASES[key]
+
+
+def split_hemispheres(values, hemi: str = "left") -> dict[str, np.ndarray]:
+    """Return ``{hemi: values}`` for each hemisphere present.
+
+    ``values`` is a dict ``{"left": ..., "right": ...}`` (either key optional), or an array whose
+    last axis holds vertices of ``hemi``; with ``hemi="both"`` the last axis is split in two equal
+    halves (left then right). Works for one map (V,) and for stacks of maps (n_scans, V).
+    """
+    if isinstance(values, dict):
+        out = {normalize_hemi(k): np.asarray(v) for k, v in values.items() if v is not None}
+        if not out:
+            raise MeshError("no map given: the dict of hemispheres is empty")
+        return {h: out[h] for h in ("left", "right") if h in out}
+    arr = np.asarray(values)
+    side = normalize_hemi(hemi)
+    if side != "both":
+        return {side: arr}
+    n = arr.shape[-1]
+    if n % 2:
+        raise MeshError(f"hemi='both' needs the left then the right hemisphere's values (an even count), got {n}")
+    return {"left": arr[..., : n // 2], "right": arr[..., n // 2:]}
+
+
+@functools.lru_cache(maxsize=16)
+def fsaverage5_mesh(surface: str = "inflated", hemi: str = "left") -> Mesh:
+    """nilearn's fsaverage5 mesh (10242 vertices, mm): ``surface`` in pial, white, inflated, sphere."""
+    import nibabel as nib
+    from nilearn import datasets
+
+    key = SURFACE_NAMES.get(str(surface).lower())
+    if key is None:
+        raise MeshError(f"unknown surface {surface!r}; expected one of {', '.join(sorted(SURFACE_NAMES))} "
+                        "or the path of a FreeSurfer/GIfTI surface file")
+    side = normalize_hemi(hemi)
+    if side == "both":
+        raise MeshError("fsaverage5_mesh draws one hemisphere at a time: hemi must be 'left' or 'right'")
+    path = datasets.fetch_surf_fsaverage("fsaverage5")[f"{key}_{side}"]
+    gii = nib.load(path)
+    coords = gii.agg_data("NIFTI_INTENT_POINTSET")
+    faces = gii.agg_data("NIFTI_INTENT_TRIANGLE")
+    verts, tris = check_mesh(coords, faces, name=str(path))
+    verts.setflags(write=False)
+    tris.setflags(write=False)
+    return Mesh(verts, tris, f"fsaverage5 {key} {side}")
+
+
+def read_surface_file(path: str | os.PathLike) -> Mesh:
+    """Read a FreeSurfer surface (``lh.pial``, ``lh.white.gz``...) or a GIfTI surface (``.surf.gii``)."""
+    try:
+        from surfharm.io import read_surface  # the project's reader checks formats and names the file
+    except ImportError:
+        read_surface = None
+    if read_surface is not None:
+        surf = read_surface(path)
+        verts, tris = _vertices_faces(surf)
+    else:
+        verts, tris = _read_surface_with_nibabel(Path(path))
+    verts, tris = check_mesh(verts, tris, name=str(path))
+    return Mesh(verts, tris, str(path))
+
+
+def read_map_file(path: str | os.PathLike, frame: int | None = None) -> np.ndarray:
+    """Read a per-vertex map: FreeSurfer curv (``lh.thickness``), MGH/MGZ, or GIfTI (``.func.gii``/``.shape.gii``).
+
+    ``frame`` picks one map of a file holding several (a stacked MGH: frame i = scan i); without it
+    such a file is refused with a message giving the number of frames.
+    """
+    try:
+        from surfharm.io import read_maps
+    except ImportError:
+        read_maps = None
+    if read_maps is None:
+        maps = _read_map_with_nibabel(Path(path))[None, :]
+    else:
+        maps = np.asarray(read_maps(path))
+    if frame is None:
+        if maps.shape[0] != 1:
+            raise MeshError(f"{path} holds {maps.shape[0]} maps (frames); choose one with frame=0..{maps.shape[0] - 1}")
+        return np.asarray(maps[0], dtype=np.float64)
+    if not -maps.shape[0] <= int(frame) < maps.shape[0]:
+        raise MeshError(f"{path} holds {maps.shape[0]} maps (frames 0..{maps.shape[0] - 1}); frame {frame} does not exist")
+    return np.asarray(maps[int(frame)], dtype=np.float64)
+
+
+def load_surface(surface, hemi: str = "left") -> Mesh:
+    """Resolve ``surface`` for one hemisphere.
+
+    ``surface`` is a name (pial, white, inflated, sphere: fsaverage5), a file path, a
+    ``(vertices, faces)`` pair, an object with ``.vertices`` and ``.faces`` (surfharm's Surface,
+    spherical_ops' IcoSphere), or a dict ``{"left": ..., "right": ...}`` of any of those.
+    """
+    side = normalize_hemi(hemi)
+    if isinstance(surface, dict):
+        given = {normalize_hemi(k): v for k, v in surface.items()}
+        if side not in given:
+            raise MeshError(f"no surface given for the {side} hemisphere (got {', '.join(given)})")
+        surface = given[side]
+    if isinstance(surface, Mesh):
+        return surface
+    if isinstance(surface, str) and surface.lower() in SURFACE_NAMES:
+        return fsaverage5_mesh(surface.lower(), side)
+    if isinstance(surface, (str, os.PathLike)):
+        return read_surface_file(surface)
+    verts, tris = _vertices_faces(surface)
+    verts, tris = check_mesh(verts, tris)
+    return Mesh(verts, tris, "given surface")
+
+
+def mesh_for_map(surface, hemi: str, n_values: int) -> tuple[Mesh, slice]:
+    """Return the mesh to draw a map of ``n_values`` values on, and the slice of values to draw.
+
+    Named surfaces adapt to any icosahedral level (see the module docstring); a user surface must
+    have exactly ``n_values`` vertices.
+    """
+    from spherical_ops import VERTEX_COUNTS, icosphere, level_of
+
+    named = isinstance(surface, str) and surface.lower() in SURFACE_NAMES
+    if isinstance(surface, dict):
+        named = False
+    mesh = load_surface(surface, hemi)
+    if not named:
+        if mesh.n_vertices != n_values:
+            raise MeshError(f"the map has {n_values} values but the surface {mesh.name} has {mesh.n_vertices} "
+                            "vertices; expected one value per vertex")
+        return mesh, slice(0, n_values)
+    if n_values == FSAVERAGE5_VERTICES:
+        return mesh, slice(0, n_values)
+    if n_values not in tuple(VERTEX_COUNTS):
+        raise MeshError(f"the map has {n_values} values: not an icosahedral (fsaverage) map, expected one of "
+                        f"{', '.join(str(v) for v in VERTEX_COUNTS)}; pass surface= a mesh with {n_values} vertices "
+                        "(e.g. the subject's lh.pial) to draw a native map")
+    if n_values > FSAVERAGE5_VERTICES:
+        return mesh, slice(0, FSAVERAGE5_VERTICES)
+    coarse = icosphere(level_of(n_values))
+    return Mesh(mesh.vertices[:n_values], np.asarray(coarse.faces, dtype=np.int64),
+                f"{mesh.name} (ic{coarse.level})"), slice(0, n_values)
+
+
+def _vertices_faces(surface) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(surface, "vertices") and hasattr(surface, "faces"):
+        return np.asarray(surface.vertices), np.asarray(surface.faces)
+    if hasattr(surface, "coordinates") and hasattr(surface, "faces"):  # nilearn's InMemoryMesh
+        return np.asarray(surface.coordinates), np.asarray(surface.faces)
+    if isinstance(surface, (tuple, list)) and len(surface) == 2:
+        return np.asarray(surface[0]), np.asarray(surface[1])
+    raise MeshError(f"cannot use {type(surface).__name__} as a surface; expected a name "
+                    f"({', '.join(sorted(SURFACE_NAMES))}), a file path, a (vertices, faces) pair or an object "
+                    "with .vertices and .faces")
+
+
+def _plain_path(path: Path):
+    from surfharm.io._files import existing_file, plain_copy
+
+    return plain_copy(existing_file(path))
+
+
+def _read_surface_with_nibabel(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    with _plain_path(path) as plain:
+        if plain.name.endswith(".gii"):
+            gii = nib.load(plain)
+            return gii.agg_data("NIFTI_INTENT_POINTSET"), gii.agg_data("NIFTI_INTENT_TRIANGLE")
+        try:
+            verts, faces = nib.freesurfer.read_geometry(plain)
+        except (ValueError, OSError) as exc:
+            raise MeshError(f"{path}: not a FreeSurfer surface file ({exc})") from None
+    return verts, faces
+
+
+def _read_map_with_nibabel(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    if path.name.endswith(".mgz"):  # gzip-compressed MGH: nibabel reads it as it is
+        return np.asarray(nib.load(path).get_fdata(), dtype=np.float64).reshape(-1)
+    with _plain_path(path) as plain:
+        name = plain.name
+        try:
+            if name.endswith((".mgh", ".mgz")):
+                return np.asarray(nib.load(plain).get_fdata(), dtype=np.float64).reshape(-1)
+            if name.endswith(".gii"):
+                return np.asarray(nib.load(plain).agg_data(), dtype=np.float64).reshape(-1)
+            return np.asarray(nib.freesurfer.read_morph_data(plain), dtype=np.float64)
+        except (ValueError, OSError) as exc:
+            raise MeshError(f"{path}: cannot read a per-vertex map (FreeSurfer curv, MGH/MGZ or GIfTI expected): "
+                            f"{exc}") from None

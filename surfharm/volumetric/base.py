@@ -1,0 +1,277 @@
+"""How volumetric harmonizers take images, on the one harmonizer protocol.
+
+Every volumetric method subclasses :class:`surfharm.harmonize.base.Harmonizer` through
+:class:`VolumeHarmonizer` and accepts its scans ``X`` in either of two forms:
+
+1. **volumes**: a sequence of 3-D volumes (paths to ``.nii``/``.nii.gz`` files, nibabel images or
+   arrays) with ``masks=`` a sequence of brain masks of the same length, one mask for every scan,
+   or None (a foreground mask is then derived from each skull-stripped volume, see
+   :func:`surfharm.volumetric.io.derive_mask`). ``transform`` returns a list of float32 3-D arrays,
+   one per scan, on the input's grid.
+2. **matrix**: a 2-D array ``(n_scans, n_voxels)`` whose row ``i`` holds scan ``i``'s voxels
+   (NaN = outside its brain mask), as ``surfharm benchmark`` and :mod:`surfharm.evaluate` pass
+   features. ``transform`` returns an array of the same shape and NaN pattern.
+
+``sites`` is optional for the per-scan methods (they learn no site parameter) and required by
+voxel-wise ComBat. State is saved with :meth:`VolumeHarmonizer.save` into one ``.npz`` file with
+JSON metadata (:func:`surfharm.harmonize.base.save_state`), read back with
+:meth:`VolumeHarmonizer.load`.
+
+Two families live on this base:
+
+- :class:`IntensityMapHarmonizer`: one monotone intensity function per scan (z-score, global
+  scaling, WhiteStripe, Nyul, MICA). It streams: one volume in memory at a time.
+- voxel-wise methods (RAVEL, voxel-wise ComBat): every scan on one grid; they read the in-mask
+  voxels of all scans into one float32 matrix ``(n_scans, n_voxels)`` (200 scans x 235k voxels at
+  2 mm = 190 MB) and work on it in chunks of voxels.
+
+Deep volumetric methods (DeepHarmony, CALAMITI, ImUnity, MISPEL, MURD, DeepComBat) subclass
+:class:`VolumeHarmonizer` the same way: they get the volumes form with masks and sites, keep their
+torch modules under ``surfharm/models/`` and their weights in safetensors with JSON metadata.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from surfharm.harmonize.base import (
+    Harmonizer,
+    HarmonizerInputError,
+    check_data,
+    check_sites,
+    get,
+    load_state,
+    save_state,
+)
+from surfharm.volumetric.io import (
+    Volume,
+    VolumeInputError,
+    check_finite_in_mask,
+    derive_mask,
+    load_mask,
+    load_volume,
+)
+
+IntensityMap = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Scans:
+    """The scans given to ``fit``/``transform``, read lazily (one volume in memory at a time).
+
+    Either ``sources`` (volumes form: paths/images/arrays, with ``mask_sources``) or ``matrix``
+    (``(n_scans, n_voxels)``, NaN outside each scan's mask) is set.
+    """
+
+    sources: Sequence | None = None
+    mask_sources: Sequence | None = None
+    matrix: np.ndarray | None = None
+    shared_mask: bool = False
+    _shared_mask_volume: Volume | None = None
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.matrix is not None
+
+    def __len__(self) -> int:
+        return len(self.matrix) if self.is_matrix else len(self.sources)
+
+    def name(self, i: int) -> str:
+        """How messages name scan ``i``: its file path, or its position."""
+        if self.is_matrix:
+            return f"row {i} of X"
+        src = self.sources[i]
+        return str(src) if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__") else f"volume {i}"
+
+    def volume(self, i: int) -> tuple[Volume, np.ndarray]:
+        """Scan ``i`` as ``(Volume, mask)`` (volumes form only); masks are validated against it."""
+        vol = load_volume(self.sources[i], name=self.name(i))
+        mask_src = self.mask_sources[i] if self.mask_sources is not None else None
+        if mask_src is not None and self.shared_mask:
+            # One mask file for every scan: read it once, still check it against each scan.
+            if self._shared_mask_volume is None:
+                self._shared_mask_volume = load_volume(mask_src)
+            mask_src = self._shared_mask_volume
+        mask = derive_mask(vol) if mask_src is None else load_mask(mask_src, vol)
+        check_finite_in_mask(vol, mask)
+        return vol, mask
+
+    def values(self, i: int) -> np.ndarray:
+        """In-mask intensities of scan ``i``, float64, 1-D."""
+        if self.is_matrix:
+            row = self.matrix[i]
+            vals = row[~np.isnan(row)].astype(np.float64)
+            if vals.size == 0:
+                raise VolumeInputError(f"{self.name(i)} has no finite value; expected the voxels of one scan")
+            return vals
+        vol, mask = self.volume(i)
+        return vol.data[mask].astype(np.float64)
+
+
+def as_scans(X, masks=None) -> Scans:
+    """Recognise the input form (see the module docstring) and check the masks' count."""
+    if isinstance(X, np.ndarray) and X.ndim == 2:
+        if masks is not None:
+            raise VolumeInputError("masks apply to a list of volumes; in a 2-D X (n_scans, n_voxels) mark "
+                                   "voxels outside a scan's mask with NaN instead")
+        return Scans(matrix=check_data(X, name="X"))
+    if isinstance(X, np.ndarray) and X.ndim == 3:
+        raise VolumeInputError(f"X is one 3-D array of shape {X.shape}; pass a list of volumes, e.g. [volume]")
+    if isinstance(X, (str, bytes)) or not isinstance(X, Sequence) and not isinstance(X, np.ndarray):
+        raise VolumeInputError("X must be a list of volumes (paths, nibabel images or 3-D arrays) or a 2-D "
+                               f"array (n_scans, n_voxels); got {type(X).__name__}")
+    sources = list(X)
+    if not sources:
+        raise VolumeInputError("X holds no scan; expected at least one volume")
+    shared = masks is not None and _is_single_mask(masks)
+    if masks is None:
+        mask_sources = None
+    elif shared:
+        mask_sources = [masks] * len(sources)
+    else:
+        mask_sources = list(masks)
+        if len(mask_sources) != len(sources):
+            raise VolumeInputError(f"got {len(mask_sources)} masks for {len(sources)} volumes; expected one mask "
+                                   "per volume, or a single mask for all")
+    return Scans(sources=sources, mask_sources=mask_sources, shared_mask=shared)
+
+
+def _is_single_mask(masks) -> bool:
+    if isinstance(masks, (str, bytes)) or hasattr(masks, "__fspath__") or hasattr(masks, "dataobj"):
+        return True
+    return isinstance(masks, np.ndarray) and masks.ndim == 3
+
+
+def optional_sites(sites, n_scans: int) -> np.ndarray | None:
+    """Site labels checked against the number of scans, or None when not given."""
+    return None if sites is None else check_sites(sites, n_scans)
+
+
+class VolumeHarmonizer(Harmonizer):
+    """Base of the volumetric harmonizers: input forms, save/load (see the module docstring).
+
+    Subclasses store their learned state in attributes ending in ``_`` and describe it through
+    :meth:`_state` / :meth:`_set_state`; ``_fitted_attribute`` names the attribute that marks a fit.
+    """
+
+    _fitted_attribute = "n_scans_fit_"
+    # False for methods that learn nothing (z-score, WhiteStripe): they transform without a fit.
+    _needs_fit = True
+
+    def _require_fit(self) -> None:
+        if self._needs_fit:
+            self.check_is_fitted(self._fitted_attribute)
+
+    # -- persistence ------------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Learned arrays and JSON-able metadata (besides the parameters)."""
+        return {}, {}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Inverse of :meth:`_state`."""
+
+    def save(self, path) -> "Any":
+        """Write parameters and learned state to ``path`` (``.npz`` with JSON metadata), atomically."""
+        self._require_fit()
+        arrays, meta = self._state()
+        meta = {"method": self.registry_name, "params": self.get_params(),
+                "n_scans_fit": int(getattr(self, "n_scans_fit_", 0)), **meta}
+        return save_state(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path) -> "VolumeHarmonizer":
+        """Read a model written by :meth:`save`; on the base class, the saved method decides the class."""
+        arrays, meta = load_state(path)
+        method = meta.get("method")
+        target = cls
+        if cls is VolumeHarmonizer or not cls.registry_name:
+            target = get(method)
+        elif method != cls.registry_name:
+            raise ValueError(f"{path} holds a {method!r} model, not {cls.registry_name!r}")
+        est = target(**meta.get("params", {}))
+        est.n_scans_fit_ = int(meta["n_scans_fit"])
+        est._set_state(arrays, meta)
+        return est
+
+
+class IntensityMapHarmonizer(VolumeHarmonizer):
+    """A method that maps each scan's intensities through one monotone function of intensity.
+
+    ``fit`` streams over the training scans once, keeps a small summary of each
+    (:meth:`_summarize`), and learns the population state from the summaries
+    (:meth:`_fit_summaries`). ``transform`` derives each scan's function from that scan's own
+    in-mask intensities (:meth:`_scan_map`) and applies it to every voxel of the volume (inside
+    and outside the mask, as the intensity-normalization package does) or to every finite value
+    of a matrix row.
+    """
+
+    def _summarize(self, values: np.ndarray, name: str) -> np.ndarray | None:
+        """A small per-scan summary used by :meth:`_fit_summaries` (None: nothing to learn)."""
+        return None
+
+    def _fit_summaries(self, summaries: list) -> None:
+        """Learn the population state from the training scans' summaries."""
+
+    def _scan_map(self, values: np.ndarray, name: str) -> IntensityMap:
+        """The intensity function of one scan, from its in-mask intensities ``values`` (1-D)."""
+        raise NotImplementedError
+
+    def intensity_map(self, values: np.ndarray, name: str = "scan") -> IntensityMap:
+        """The fitted intensity function of the scan whose in-mask intensities are ``values`` (1-D)."""
+        self._require_fit()
+        return self._scan_map(np.asarray(values, dtype=np.float64), name)
+
+    def fit(self, X, sites=None, covariates=None, *, masks=None) -> "IntensityMapHarmonizer":
+        """Learn from the scans ``X`` (volumes with ``masks``, or a matrix); sites are not used."""
+        scans = as_scans(X, masks)
+        optional_sites(sites, len(scans))
+        self._fit_summaries([self._summarize(scans.values(i), scans.name(i)) for i in range(len(scans))])
+        self.n_scans_fit_ = len(scans)
+        return self
+
+    def transform(self, X, sites=None, covariates=None, *, masks=None):
+        """Harmonized scans: a list of float32 3-D arrays (volumes form) or an array (matrix form)."""
+        self._require_fit()
+        scans = as_scans(X, masks)
+        optional_sites(sites, len(scans))
+        if scans.is_matrix:
+            out = np.full_like(scans.matrix, np.nan)
+            for i in range(len(scans)):
+                finite = ~np.isnan(scans.matrix[i])
+                fmap = self._scan_map(scans.values(i), scans.name(i))
+                out[i, finite] = fmap(scans.matrix[i, finite].astype(np.float64))
+            return out
+        return list(self.transform_iter(X, sites, masks=masks))
+
+    def transform_iter(self, X, sites=None, covariates=None, *, masks=None) -> Iterator[np.ndarray]:
+        """As :meth:`transform` for the volumes form, one volume at a time (read, map, yield)."""
+        self._require_fit()
+        scans = as_scans(X, masks)
+        optional_sites(sites, len(scans))
+        for i in range(len(scans)):
+            yield self.transform_volume(*scans.volume(i))
+
+    def transform_volume(self, volume: Volume, mask: np.ndarray) -> np.ndarray:
+        """Harmonize one loaded volume (float32 3-D array out); used by ``transform`` and the CLI."""
+        self._require_fit()
+        fmap = self._scan_map(volume.data[mask].astype(np.float64), volume.name)
+        # Every map here sends NaN to NaN, so the whole volume goes through at once. The map runs in
+        # float64: WhiteStripe divides by a narrow stripe's sd, where float32 would lose digits.
+        return np.asarray(fmap(volume.data.astype(np.float64)), dtype=np.float32)
+
+    def fit_transform(self, X, sites=None, covariates=None, *, masks=None):
+        return self.fit(X, sites, covariates, masks=masks).transform(X, sites, covariates, masks=masks)
+
+
+def positive_scale(value: float, name: str, what: str) -> float:
+    """Refuse a zero (or NaN) spread, which would divide by zero, naming the scan."""
+    if not np.isfinite(value) or value <= 0:
+        raise VolumeInputError(f"{name}: {what} is {value}; the scan's intensities inside the mask are constant "
+                               "or the mask is wrong")
+    return float(value)
+
+
+__all__ = ["Scans", "as_scans", "VolumeHarmonizer", "IntensityMapHarmonizer", "HarmonizerInputError",
+           "positive_scale", "optional_sites"]

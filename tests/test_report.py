@@ -1,0 +1,184 @@
+"""The HTML report: self-contained, every figure a decodable PNG, text escaped, run folders read."""
+import base64
+import io
+import json
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from surfharm._atomic import OutputError
+from surfharm.viz.mesh import MeshError
+from surfharm.viz.report import report_from_run, write_report
+from surfharm.viz.run_folder import RunFolderError, read_run
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        for key in ("src", "href"):
+            if key in attrs:
+                self.links.append(attrs[key])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(path):
+    collector = _Collector()
+    collector.feed(path.read_text(encoding="utf-8"))
+    return collector
+
+
+def decode_png(src: str) -> np.ndarray:
+    from PIL import Image
+
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix)
+    data = base64.b64decode(src[len(prefix):], validate=True)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    """Level-4 maps (2562 vertices) on fsaverage5's anatomy: 3 sites with offsets, an age effect."""
+    import nibabel as nib
+    from nilearn import datasets
+
+    base = nib.load(datasets.fetch_surf_fsaverage("fsaverage5")["thick_left"]).agg_data()[:2562].astype(float)
+    base[base == 0] = np.nan
+    rng = np.random.default_rng(1)
+    sites = np.repeat(np.array(["site-1", "site-2", "<b>site-3</b>"]), 8)
+    age = rng.uniform(20, 80, sites.size)
+    offsets = pd.Series({"site-1": 0.0, "site-2": 0.25, "<b>site-3</b>": -0.2})[sites].to_numpy()
+    truth = base[None] - 0.005 * age[:, None] + rng.normal(0, 0.05, (sites.size, base.size))
+    before = (truth + offsets[:, None]).astype(np.float32)
+    after = truth.astype(np.float32)
+    table = pd.DataFrame({"subject": [f"sub-{i:02d}" for i in range(sites.size)], "site": sites, "age": age,
+                          "sex": np.where(np.arange(sites.size) % 2, "F", "M")})
+    return before, after, table
+
+
+def test_report_embeds_every_figure_and_needs_no_network(tmp_path, cohort):
+    before, after, table = cohort
+    metrics = pd.DataFrame({"site_auroc": [0.97, 0.51], "age_r2": [0.42, 0.41]}, index=["raw", "combat"])
+    out = write_report(tmp_path / "report.html", before, {"combat": after}, table=table, metrics=metrics,
+                       model={"method": "combat", "eb": True}, command="surfharm harmonize --method combat",
+                       hemi="lh")
+    page = parse(out)
+    # metrics bars, distributions, PCA, age, site maps, site test, one scan
+    assert len(page.images) == 7
+    for img in page.images:
+        image = decode_png(img["src"])
+        assert image.shape[0] > 100 and image.shape[1] > 200
+        assert image.astype(float).std() > 5, f"uniform image: {img['alt']}"
+    assert all(link.startswith("data:") for link in page.links)
+    text = " ".join(page.text)
+    assert "surfharm harmonize --method combat" in text
+    assert "0.97" in text and "0.51" in text and '"eb": true' in text
+    assert np.__version__ in text and pd.__version__ in text
+
+
+def test_report_escapes_labels(tmp_path, cohort):
+    before, after, table = cohort
+    out = write_report(tmp_path / "r.html", before, after, table=table, render=False, command="x")
+    html_text = out.read_text(encoding="utf-8")
+    assert "&lt;b&gt;site-3&lt;/b&gt;" in html_text
+    assert "<b>site-3</b>" not in html_text
+
+
+def test_report_says_why_a_figure_is_missing(tmp_path, cohort):
+    before, after, table = cohort
+    out = write_report(tmp_path / "r.html", before, after, table=table.drop(columns=["age"]), render=False,
+                       command="x")
+    assert "age trajectories: not drawn (the scan table has no &#x27;age&#x27; column)" in out.read_text()
+
+
+def test_report_refuses_mismatched_inputs(tmp_path, cohort):
+    before, after, table = cohort
+    with pytest.raises(MeshError, match="23 rows but the maps 24 scans"):
+        write_report(tmp_path / "r.html", before, after, table=table.iloc[:-1])
+    with pytest.raises(MeshError, match=r"shape \(24, 100\) but the raw maps \(24, 2562\)"):
+        write_report(tmp_path / "r.html", before, after[:, :100], table=table)
+    with pytest.raises(MeshError, match="no 'site' column"):
+        write_report(tmp_path / "r.html", before, after, table=table.drop(columns=["site"]))
+    assert not (tmp_path / "r.html").exists()
+
+
+def write_run(folder, cohort, *, with_metrics=True):
+    before, after, table = cohort
+    (folder / "maps").mkdir(parents=True)
+    table.to_csv(folder / "table.csv", index=False)
+    np.save(folder / "maps" / "raw.npy", before)
+    np.save(folder / "maps" / "mean-shift.npy", after)
+    if with_metrics:
+        pd.DataFrame({"method": ["raw", "mean-shift"], "site_auroc": [0.9, 0.55]}).to_csv(folder / "metrics.csv",
+                                                                                         index=False)
+    (folder / "model.json").write_text(json.dumps({"method": "mean-shift", "reference": "pooled"}))
+    (folder / "run.json").write_text(json.dumps({"command": ["surfharm", "benchmark", "--preset", "quick"],
+                                                 "hemi": "lh", "versions": {"surfharm": "9.9.9"}}))
+    return folder
+
+
+def test_report_from_run_folder(tmp_path, cohort):
+    run = write_run(tmp_path / "run", cohort)
+    data = read_run(run)
+    assert list(data.after) == ["mean-shift"] and data.before.shape == (24, 2562)
+    assert data.command == "surfharm benchmark --preset quick"
+    out = report_from_run(run, render=False, report_command="surfharm report run")
+    assert out == run / "report.html"
+    text = " ".join(parse(out).text)
+    assert "surfharm benchmark --preset quick" in text and "surfharm report run" in text
+    assert "9.9.9" in text and "pooled" in text
+    # a second report replaces the first (it is an output, not an input)
+    assert report_from_run(run, render=False) == out
+    with pytest.raises(OutputError, match="it is an input file"):
+        report_from_run(run, run / "table.csv", render=False)
+
+
+def test_run_folder_of_metrics_only(tmp_path):
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    pd.DataFrame({"method": ["raw", "combat"], "site_auroc": [0.93, 0.5], "error": ["", ""]}).to_csv(
+        folder / "results.csv", index=False)
+    (folder / "config.json").write_text(json.dumps({"scenario": "quick", "seed": 0}))
+    out = report_from_run(folder)
+    page = parse(out)
+    assert len(page.images) == 1  # the method comparison
+    assert "no maps in this run" in " ".join(page.text) and '"scenario": "quick"' in " ".join(page.text)
+
+
+def test_run_folder_errors(tmp_path, cohort):
+    with pytest.raises(FileNotFoundError, match="run folder .*nowhere does not exist"):
+        read_run(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RunFolderError, match="nothing to report"):
+        read_run(empty)
+    run = write_run(tmp_path / "run", cohort)
+    np.save(run / "maps" / "bad.npy", np.zeros((24, 10)))
+    with pytest.raises(RunFolderError, match=r"bad.npy has shape \(24, 10\) but .*raw.npy has \(24, 2562\)"):
+        read_run(run)
+    (run / "maps" / "bad.npy").unlink()
+    (run / "maps" / "raw.npy").unlink()
+    with pytest.raises(RunFolderError, match="no raw maps; expected raw.npy"):
+        read_run(run)
+    np.save(run / "maps" / "raw.npy", np.zeros((5, 2562)))
+    with pytest.raises(RunFolderError, match="5 scans but the scan table table.csv has 24 rows"):
+        read_run(run)
+    with pytest.raises(RunFolderError, match="unknown-method"):
+        report_from_run(write_run(tmp_path / "run2", cohort), methods=["unknown-method"])
+
+
+def test_report_names_a_missing_covariate(tmp_path, cohort):
+    before, after, table = cohort
+    with pytest.raises(MeshError, match=r"covariate\(s\) \['log_age'\] not in the scan table"):
+        write_report(tmp_path / "r.html", before, after, table=table, covariates=["log_age"], render=False)

@@ -4,7 +4,8 @@ Default problem: 163842 features (fsaverage vertices) x 200 scans, 4 sites of 50
 float64 and float32. Every measurement runs in its own subprocess, so that the peak resident
 memory (sampled every 20 ms, and the kernel's ru_maxrss) belongs to that method alone; "above
 input" is the peak minus the resident memory just before the method ran (the data already built).
-Prints medians over repeats and the ratios peer / surfharm.
+Prints medians over repeats (wall-clock, and CPU time of the process, which shared machines
+disturb less) and the ratios peer / surfharm.
 
 Also measured: non-parametric EB (surfharm at full size with its error against the exact sum on a
 probe of features; neuroCombat on a subset, extrapolated by its quadratic cost), ComBat-GAM with one
@@ -117,10 +118,10 @@ def run_child(name: str, args) -> dict:
     gc.collect()
     before = _status_kib("VmRSS") * 1024
     before_anon = _status_kib("RssAnon") * 1024
-    times, extra = [], {}
+    times, cpu, extra = [], [], {}
     for _ in range(args.repeats):
         with PeakMemory() as peak:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             if name.startswith("surfharm"):
                 from surfharm.harmonize import ComBat
 
@@ -148,11 +149,14 @@ def run_child(name: str, args) -> dict:
             else:
                 raise ValueError(name)
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         del out
         gc.collect()
     if name == "surfharm-np":
         extra.update(_nonparametric_error(model, X.shape[0], args.probe))
-    return {"name": name, "dtype": args.dtype, "features": n_features, "scans": args.scans, "times": times,
+    if name == "surfharm-np":
+        extra["np_grids"] = [str(info.get("grid")) for info in model.nonparametric_info_]
+    return {"name": name, "dtype": args.dtype, "features": n_features, "scans": args.scans, "times": times, "cpu": cpu,
             "input_bytes": X.nbytes, "rss_before": before, "peak_rss": peak.rss,
             "anon_before": before_anon, "peak_anon": peak.anon, **extra}
 
@@ -187,11 +191,11 @@ def _stream_child(args) -> dict:
     before = _status_kib("VmRSS") * 1024
     before_anon = _status_kib("RssAnon") * 1024
     with PeakMemory() as peak:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         ComBat().fit(X, sites, covariates)
-        elapsed = time.perf_counter() - start
+        elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     return {"name": "surfharm-stream", "dtype": "float32", "features": args.features, "scans": args.stream_scans,
-            "times": [elapsed], "input_bytes": int(X.nbytes), "rss_before": before, "peak_rss": peak.rss,
+            "times": [elapsed], "cpu": [elapsed_cpu], "input_bytes": int(X.nbytes), "rss_before": before, "peak_rss": peak.rss,
             "anon_before": before_anon, "peak_anon": peak.anon}
 
 
@@ -215,12 +219,14 @@ def _print_row(r: dict) -> None:
     med = statistics.median(r["times"])
     above = (r["peak_rss"] - r["rss_before"]) / r["input_bytes"]
     above_anon = (r["peak_anon"] - r["anon_before"]) / r["input_bytes"]
+    cpu = statistics.median(r["cpu"]) if r.get("cpu") else float("nan")
     line = (f"  {r['name']:<26} {r['dtype']:<8} {r['scans']:>5} x {r['features']:<7} median {med:8.2f} s "
-            f"(n={len(r['times'])})  peak RSS {r['peak_rss'] / 2**30:5.2f} GB  above input "
+            f"(CPU {cpu:7.2f} s, n={len(r['times'])})  peak RSS {r['peak_rss'] / 2**30:5.2f} GB  above input "
             f"{above:4.2f}x (anonymous {above_anon:4.2f}x) of {r['input_bytes'] / 2**20:.0f} MB")
     if "np_max_error_std_units" in r:
         line += (f"\n      non-parametric EB vs exact sum on {r['np_probe']} features x 4 sites: max error "
-                 f"{r['np_max_error_std_units']:.2e} (standardised), {r['np_max_error_data_units']:.2e} (data units)")
+                 f"{r['np_max_error_std_units']:.2e} (standardised), {r['np_max_error_data_units']:.2e} (data units); "
+                 f"grids per site {r.get('np_grids')}")
     print(line, flush=True)
 
 

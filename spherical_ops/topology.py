@@ -37,9 +37,21 @@ def adjacency(level: int) -> sp.csr_matrix:
     return adj
 
 
-def _angular_sort(centres: np.ndarray, ring: np.ndarray, valid: np.ndarray, vertices: np.ndarray) -> np.ndarray:
-    """Sort each row of ``ring`` (V, K) counter-clockwise around its centre; invalid slots go last."""
-    n = vertices[centres]                                       # (V, 3) outward normals
+def _angular_sort(centres: np.ndarray, ring: np.ndarray, valid: np.ndarray, vertices: np.ndarray,
+                  chunk: int = 32768) -> np.ndarray:
+    """Sort each row of ``ring`` (V, K) counter-clockwise around its centre; invalid slots go last.
+
+    Works on ``chunk`` vertices at a time so that the float temporaries stay small at level 7.
+    """
+    out = np.empty_like(ring)
+    for start in range(0, len(centres), chunk):
+        sl = slice(start, start + chunk)
+        out[sl] = _angular_sort_chunk(centres[sl], ring[sl], valid[sl], vertices)
+    return out
+
+
+def _angular_sort_chunk(centres, ring, valid, vertices):
+    n = vertices[centres]                                       # (v, 3) outward normals
     ref = np.zeros_like(n)
     ref[:, 2] = 1.0
     polar = np.abs(n[:, 2]) > 1.0 - 1e-9

@@ -55,10 +55,19 @@ def atomic_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates files readable by the owner only; give the output the permissions a plain
+        # open() would (0666 minus the umask), or those of the file it replaces.
+        os.chmod(tmp, out.stat().st_mode & 0o7777 if out.exists() else 0o666 & ~_current_umask())
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, **kwargs) -> Path:

@@ -162,3 +162,20 @@ def test_cli_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         _cli(["benchmark", "--help"])
     assert "surfharm benchmark --preset quick" in capsys.readouterr().out
+
+
+def test_runner_scenario_plugs_in(tmp_path, monkeypatch):
+    from surfharm.evaluate import scenarios
+    from surfharm.evaluate.benchmark import run_scenario
+
+    calls = {}
+
+    def run(methods, seed=0, **params):
+        calls.update(methods=[m.name for m in methods], seed=seed, **params)
+        return pd.DataFrame({"method": ["none", "zscore"], "ssim": [0.4, 0.9]})
+
+    monkeypatch.setitem(scenarios._SCENARIOS, "toy-volumes", scenarios.Scenario("toy-volumes", "toy", run=run))
+    result = run_scenario("toy-volumes", [MethodSpec("zscore")], seed=3, n_sites=2)
+    assert calls == {"methods": ["zscore"], "seed": 3, "n_sites": 2}
+    paths = write_results(result, tmp_path)
+    assert "| zscore | 0.900 |" in paths["markdown"].read_text()

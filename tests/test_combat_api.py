@@ -31,6 +31,7 @@ def test_registered_and_exposed():
 
 
 def test_transform_on_training_data_reproduces_fit_transform_exactly():
+    # (neuroCombat's neuroCombatFromTraining does not: it replaces the covariate effects by their mean)
     X, sites, cov = _cohort()
     model = ComBat().fit(X, sites, cov)
     assert np.array_equal(model.transform(X, sites, cov), ComBat().fit_transform(X, sites, cov))
@@ -136,3 +137,11 @@ def test_spline_basis_extrapolates_linearly_and_has_no_intercept():
     assert residual[0] > 1e-6
     beyond = spline_basis(np.array([4.0, 5.0, 6.0]), knots)
     assert np.allclose(beyond[2] - beyond[1], beyond[1] - beyond[0])
+
+
+def test_more_than_one_smooth_term():
+    X, sites, cov = _cohort()
+    cov = cov.assign(bmi=np.random.default_rng(1).uniform(15, 35, len(cov)))
+    model = ComBat(smooth_terms=("age", "bmi"), spline_df=4).fit(X, sites, cov)
+    assert [n.split(":")[0] for n in model.encoder_.names] == ["age"] * 4 + ["sex[M]"] + ["bmi"] * 4
+    assert np.isfinite(model.transform(X, sites, cov)).all()

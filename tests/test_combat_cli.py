@@ -82,3 +82,9 @@ def test_clear_errors(roi_inputs, capsys):
     assert code == 2 and "handedness" in capsys.readouterr().err
     code = main(["combat", "fit", "--model", str(folder / "m.npz")])
     assert code == 2 and "exactly one input" in capsys.readouterr().err
+    before = (folder / "thickness.tsv").read_bytes()
+    code = main(["combat", "fit", "--roi-table", str(folder / "thickness.tsv"), "--participants",
+                 str(folder / "participants.csv"), "--model", str(folder / "m.npz"),
+                 "--output", str(folder / "." / "thickness.tsv")])
+    assert code == 2 and "one of the inputs" in capsys.readouterr().err
+    assert (folder / "thickness.tsv").read_bytes() == before

@@ -182,3 +182,21 @@ def test_report_names_a_missing_covariate(tmp_path, cohort):
     before, after, table = cohort
     with pytest.raises(MeshError, match=r"covariate\(s\) \['log_age'\] not in the scan table"):
         write_report(tmp_path / "r.html", before, after, table=table, covariates=["log_age"], render=False)
+
+
+def test_report_takes_cohorts(tmp_path, cohort):
+    from surfharm.cohort import Cohort
+
+    before, after, table = cohort
+    raw = Cohort(before, table, hemi="rh", measure="thickness")
+    out = write_report(tmp_path / "r.html", raw, {"combat": raw.with_maps(after)}, render=False, command="x")
+    text = out.read_text()
+    assert "hemisphere: rh" in text and "combat: raw vs harmonized" in text
+
+
+def test_report_of_raw_maps_only(tmp_path, cohort):
+    before, _, table = cohort
+    page = parse(write_report(tmp_path / "r.html", before, table=table, command="x"))
+    text = " ".join(page.text)
+    assert "no harmonized maps given" in text and "Raw data" in text
+    assert len(page.images) == 3  # distributions, PCA, age: one panel each

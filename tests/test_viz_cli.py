@@ -106,3 +106,13 @@ def test_interactive_without_display_is_refused(monkeypatch, thickness_files, ca
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert cli.main(["render", str(thickness_files["lh"]), "--interactive"]) == 2
     assert "--interactive needs a display" in capsys.readouterr().err
+
+
+def test_render_picks_a_frame_of_a_stacked_file(tmp_path, capsys):
+    from surfharm.io import write_mgh
+
+    stacked = write_mgh(tmp_path / "lh.stack.mgh", np.random.default_rng(0).uniform(1, 4, (3, 642)).astype(np.float32))
+    assert cli.main(["render", str(stacked), "-o", str(tmp_path / "x.png")]) == 2
+    assert "holds 3 maps (frames); choose one with frame=0..2" in capsys.readouterr().err
+    assert cli.main(["render", str(stacked), "--frame", "2", "-o", str(tmp_path / "x.png")]) == 0
+    assert read_png(tmp_path / "x.png").std() > 10

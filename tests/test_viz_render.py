@@ -163,3 +163,16 @@ def test_mask_greys_out_vertices(thickness):
     plotter.close()
     values = meshes[0].point_data["thickness (mm)"]
     assert np.isnan(values[:5000]).all() and np.isfinite(values[5000:]).all()
+
+
+def test_bad_drawing_requests_are_refused(thickness):
+    from surfharm.viz.mesh import MeshError
+
+    with pytest.raises(MeshError, match="every value is NaN"):
+        plot_surface_map(np.full(10242, np.nan), off_screen=True)
+    with pytest.raises(MeshError, match="unknown view 'top'"):
+        plot_surface_map(thickness["left"], views=("top",), off_screen=True)
+    with pytest.raises(MeshError, match=r"clim must be finite with low < high, got \(4, 1\)"):
+        plot_surface_map(thickness["left"], clim=(4, 1), off_screen=True)
+    with pytest.raises(MeshError, match="pass hemi='both'"):
+        plot_surface_map(np.concatenate([thickness["left"], thickness["right"]]), off_screen=True)

@@ -18,6 +18,10 @@ _SUBCOMMAND_MODULES = (
     "render",
     "report",
     "volumetric",
+    "harmonize",
+    "apply",
+    "demo",
+    "s2sgan",
 )
 
 

@@ -84,22 +84,32 @@ def _read_cohort(args):
     return Cohort.from_roi_table(args.roi_table, args.participants, site_column=args.site_column or "site")
 
 
+def _check_output(args) -> None:
+    """Refuse an --output that names an input (or the model), before any work is done."""
+    from pathlib import Path
+
+    from surfharm.cli import CLIError
+
+    if not args.output:
+        return
+    inputs = [Path(p).resolve() for p in (args.mgh, args.roi_table, args.fsgd, args.participants, args.model) if p]
+    if Path(args.output).resolve() in inputs:
+        raise CLIError(f"--output {args.output} is one of the inputs; choose a new file name")
+
+
 def _write(cohort, harmonized, args) -> list:
-    written = cohort.with_maps(harmonized).write(args.output, overwrite=True)
-    return written
+    return cohort.with_maps(harmonized).write(args.output, overwrite=True)
 
 
 def run_fit(args) -> int:
-    from surfharm.cli import CLIError
     from surfharm.harmonize import ComBat, LongComBat
 
+    _check_output(args)
     cohort = _read_cohort(args)
     missing = [c for c in args.smooth if c not in args.keep]
     keep = list(args.keep) + missing
     covariates = cohort.covariates(keep) if keep else None
     cls = LongComBat if args.longitudinal else ComBat
-    if args.output and args.output in {args.mgh, args.roi_table}:
-        raise CLIError(f"--output {args.output} is the input; choose a new file name")
     model = cls(eb=not args.no_eb, parametric=not args.nonparametric, mean_only=args.mean_only,
                 reference_site=args.reference_site, smooth_terms=tuple(args.smooth), spline_df=args.spline_df)
     extra = {"subjects": cohort.subjects} if args.longitudinal else {}
@@ -117,6 +127,7 @@ def run_fit(args) -> int:
 def run_apply(args) -> int:
     from surfharm.harmonize.combat import load_model
 
+    _check_output(args)
     model = load_model(args.model)
     cohort = _read_cohort(args)
     columns = model.encoder_.columns

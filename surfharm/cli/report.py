@@ -18,9 +18,13 @@ run folder layout (what `surfharm harmonize` / `surfharm benchmark` write):
   RUN/maps/raw.npy       maps before harmonization (n_scans, n_vertices), NaN outside cortex
                          (or a stacked raw.mgh / raw.mgz, frame i = scan i)
   RUN/maps/<method>.npy  harmonized maps, one file per method (e.g. maps/combat.npy)
-  RUN/metrics.csv        optional: rows = methods (first column 'method'), columns = metrics
+  RUN/metrics.csv        rows = methods (first column 'method'), columns = metrics
+                         (results.csv, as `surfharm benchmark` writes it, is read when metrics.csv is absent)
   RUN/model.json         optional: model metadata (or model.npz from surfharm's model files)
+  RUN/config.json        optional: the run's configuration, printed as it is
   RUN/run.json           optional: {"command": ..., "versions": {...}, "hemi": "lh", "surface": ..., "title": ...}
+A folder needs maps (table + maps/raw.*) or a metrics table; a benchmark folder without maps gives a
+report of its metrics and configuration.
 
 The page embeds every image (no external file, no network): mail it or archive it as it is.
 """

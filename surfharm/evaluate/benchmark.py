@@ -34,7 +34,9 @@ TRUTH_LABEL = "truth (site-free)"
 
 #: Columns of the results table: (name, meaning, better) with better = "high", "low", "1" or "".
 COLUMNS = (
-    ("site_auroc", "site prediction AUROC, cross-validated (0.5 = no site information)", "0.5"),
+    ("site_auroc", "site prediction AUROC, cross-validated (0.5 = no site information; well below 0.5 = "
+                   "over-correction: the site is still decodable, inverted, because the harmonizer's estimation "
+                   "error of its site parameters marks training and unseen scans with opposite signs)", "0.5"),
     ("site_balanced_accuracy", "site prediction balanced accuracy, cross-validated", "low"),
     ("frac_sig_anova", "fraction of features with a site effect on location (ANCOVA, FDR 5%)", "low"),
     ("frac_sig_kruskal", "same, Kruskal-Wallis on covariate-adjusted residuals", "low"),
@@ -74,12 +76,19 @@ class BenchmarkResult:
 
 def run_benchmark(data: BenchmarkData, methods: list[MethodSpec] | None = None, *, n_splits: int = 5,
                   seed: int = 0, progress=None) -> BenchmarkResult:
-    """Run ``methods`` (default :func:`default_methods`) on ``data``; see the module docstring.
+    """Run ``methods`` on ``data``; see the module docstring.
+
+    Default methods: :func:`default_methods`, without the longitudinal ones when no subject has
+    more than one scan.
 
     ``progress``: optional callable taking a line of text (e.g. ``print``).
     """
     data.check()
-    methods = methods or default_methods()
+    if not methods:
+        methods = default_methods()
+        if not data.table.loc[data.study, "subject"].duplicated().any():
+            # Cross-sectional data: longitudinal methods (fit(..., subjects=...)) have nothing to model.
+            methods = [m for m in methods if "subjects" not in m.column_kwargs]
     labels = [m.display for m in methods]
     if len(set(labels)) != len(labels):
         raise ValueError(f"method labels must be unique, got {labels}; name them LABEL=NAME:...")

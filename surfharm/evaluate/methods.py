@@ -55,15 +55,15 @@ class MethodSpec:
 
     def table_kwargs(self, table: pd.DataFrame, rows: np.ndarray, for_transform: bool = False) -> dict[str, np.ndarray]:
         """The ``column_kwargs`` for the scans ``rows`` of ``table``; with ``for_transform`` only
-        those that the harmonizer's ``transform`` names in its signature (e.g. ``subjects`` is a
-        fit-only argument of longitudinal ComBat)."""
+        those that the harmonizer's ``transform`` accepts (named, or through ``**kwargs``)."""
         missing = [c for c in self.column_kwargs.values() if c not in table.columns]
         if missing:
             raise ValueError(f"method {self.display!r} needs table column(s) {missing}; columns are {list(table.columns)}")
         names = self.column_kwargs
         if for_transform:
             accepted = inspect.signature(harmonize.get(self.name).transform).parameters
-            names = {k: c for k, c in names.items() if k in accepted}
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+            names = {k: c for k, c in names.items() if takes_any or k in accepted}
         return {k: table[c].to_numpy()[rows] for k, c in names.items()}
 
     @classmethod

@@ -80,6 +80,7 @@ class ComBat(Harmonizer):
     gamma_star_, delta_star_ : (K, G) the estimates applied
     gamma_bar_, tau2_, a_prior_, b_prior_ : (K,) priors (NaN when not used)
     unchanged_ : (G,) bool, features returned as given (constant, all NaN, or no residual variance)
+    nonparametric_info_ : list, per shrunk site, how non-parametric EB was evaluated (see ``_np_eb``)
     """
 
     def __init__(self, *, eb: bool = True, parametric: bool = True, mean_only: bool = False,
@@ -204,6 +205,7 @@ class ComBat(Harmonizer):
         gamma_star = np.zeros((n_sites, n_features))
         delta_star = np.ones((n_sites, n_features))
         priors = np.full((4, n_sites), np.nan)
+        self.nonparametric_info_ = []
         for i in range(n_sites):
             ok = usable[i]
             if i == self.reference_index_:
@@ -240,8 +242,10 @@ class ComBat(Harmonizer):
         var_biased = np.maximum(s2 / n - mean * mean, 0.0)
         args = (n, mean, var_biased, gamma_hat[prior], delta_hat[prior], self_index)
         if prior.size <= DIRECT_NONPARAMETRIC_MAX:
+            self.nonparametric_info_.append({"method": "direct", "grid": None})
             return _np_eb.direct(*args)
-        gamma_star, delta_star, _ = _np_eb.interpolated(*args)
+        gamma_star, delta_star, info = _np_eb.interpolated(*args)
+        self.nonparametric_info_.append(info)
         return gamma_star, delta_star
 
     # -- transform ---------------------------------------------------------------------------------

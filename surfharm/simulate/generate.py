@@ -151,13 +151,15 @@ class SimulationConfig:
         if self.n_sessions < 1:
             raise ValueError(f"n_sessions must be >= 1, got {self.n_sessions}")
         if self.mode == "infant" and self.n_sessions > len(INFANT_VISITS_MONTHS):
-            raise ValueError(f"infant mode has {len(INFANT_VISITS_MONTHS)} planned visits; n_sessions={self.n_sessions}")
+            raise ValueError(f"infant mode has {len(INFANT_VISITS_MONTHS)} planned visits; "
+                             f"n_sessions={self.n_sessions}")
         if self.n_traveling < 0:
             raise ValueError(f"n_traveling must be >= 0, got {self.n_traveling}")
         if self.scanner_change is not None:
             change = self.scanner_change
             if change.site not in [s.name for s in self.sites]:
-                raise ValueError(f"scanner_change.site {change.site!r} is not one of the sites {[s.name for s in self.sites]}")
+                raise ValueError(f"scanner_change.site {change.site!r} is not one of the sites "
+                                 f"{[s.name for s in self.sites]}")
             if not 0.0 < change.at_fraction < 1.0:
                 raise ValueError(f"scanner_change.at_fraction must be in (0, 1), got {change.at_fraction}")
             change.effect.check(change.new_site)

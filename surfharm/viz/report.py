@@ -191,7 +191,7 @@ def _method_section(name: str, before, after, table: pd.DataFrame, hemi: str, su
 
     sites = table["site"].to_numpy()
     labels = ("raw", name)
-    parts = [f"<h2>{html.escape(name)}: raw vs harmonized</h2>"]
+    parts = [f"<h2>{html.escape(name)}: raw vs harmonized</h2>" if after is not None else "<h2>Raw data</h2>"]
     parts.append(_figure(lambda: _png_of_figure(plots.plot_site_distributions(before, sites, after, labels=labels)),
                          "mean thickness by site", "Each scan's mean over cortex, by site: raw (left) and "
                          "harmonized (right). Site boxes that line up after harmonization show the site offset removed."))

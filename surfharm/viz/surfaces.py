@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -99,15 +98,9 @@ def fsaverage5_mesh(surface: str = "inflated", hemi: str = "left") -> Mesh:
 
 def read_surface_file(path: str | os.PathLike) -> Mesh:
     """Read a FreeSurfer surface (``lh.pial``, ``lh.white.gz``...) or a GIfTI surface (``.surf.gii``)."""
-    try:
-        from surfharm.io import read_surface  # the project's reader checks formats and names the file
-    except ImportError:
-        read_surface = None
-    if read_surface is not None:
-        surf = read_surface(path)
-        verts, tris = _vertices_faces(surf)
-    else:
-        verts, tris = _read_surface_with_nibabel(Path(path))
+    from surfharm.io import read_surface
+
+    verts, tris = _vertices_faces(read_surface(path))
     verts, tris = check_mesh(verts, tris, name=str(path))
     return Mesh(verts, tris, str(path))
 
@@ -118,14 +111,9 @@ def read_map_file(path: str | os.PathLike, frame: int | None = None) -> np.ndarr
     ``frame`` picks one map of a file holding several (a stacked MGH: frame i = scan i); without it
     such a file is refused with a message giving the number of frames.
     """
-    try:
-        from surfharm.io import read_maps
-    except ImportError:
-        read_maps = None
-    if read_maps is None:
-        maps = _read_map_with_nibabel(Path(path))[None, :]
-    else:
-        maps = np.asarray(read_maps(path))
+    from surfharm.io import read_maps
+
+    maps = np.asarray(read_maps(path))
     if frame is None:
         if maps.shape[0] != 1:
             raise MeshError(f"{path} holds {maps.shape[0]} maps (frames); choose one with frame=0..{maps.shape[0] - 1}")
@@ -199,41 +187,3 @@ def _vertices_faces(surface) -> tuple[np.ndarray, np.ndarray]:
     raise MeshError(f"cannot use {type(surface).__name__} as a surface; expected a name "
                     f"({', '.join(sorted(SURFACE_NAMES))}), a file path, a (vertices, faces) pair or an object "
                     "with .vertices and .faces")
-
-
-def _plain_path(path: Path):
-    from surfharm.io._files import existing_file, plain_copy
-
-    return plain_copy(existing_file(path))
-
-
-def _read_surface_with_nibabel(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-
-    with _plain_path(path) as plain:
-        if plain.name.endswith(".gii"):
-            gii = nib.load(plain)
-            return gii.agg_data("NIFTI_INTENT_POINTSET"), gii.agg_data("NIFTI_INTENT_TRIANGLE")
-        try:
-            verts, faces = nib.freesurfer.read_geometry(plain)
-        except (ValueError, OSError) as exc:
-            raise MeshError(f"{path}: not a FreeSurfer surface file ({exc})") from None
-    return verts, faces
-
-
-def _read_map_with_nibabel(path: Path) -> np.ndarray:
-    import nibabel as nib
-
-    if path.name.endswith(".mgz"):  # gzip-compressed MGH: nibabel reads it as it is
-        return np.asarray(nib.load(path).get_fdata(), dtype=np.float64).reshape(-1)
-    with _plain_path(path) as plain:
-        name = plain.name
-        try:
-            if name.endswith((".mgh", ".mgz")):
-                return np.asarray(nib.load(plain).get_fdata(), dtype=np.float64).reshape(-1)
-            if name.endswith(".gii"):
-                return np.asarray(nib.load(plain).agg_data(), dtype=np.float64).reshape(-1)
-            return np.asarray(nib.freesurfer.read_morph_data(plain), dtype=np.float64)
-        except (ValueError, OSError) as exc:
-            raise MeshError(f"{path}: cannot read a per-vertex map (FreeSurfer curv, MGH/MGZ or GIfTI expected): "
-                            f"{exc}") from None

@@ -1,0 +1,150 @@
+"""``surfharm s2sgan train|apply``: S2SGAN between two sites on a stacked MGH + FSGD."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+EXAMPLE = """\
+examples:
+  # train: map site B's fsaverage5 thickness to site A's appearance (scans of other sites are ignored);
+  # checkpoints every 200 steps in run_lh/, harmonized maps of the training scans written too
+  surfharm s2sgan train --mgh lh.thickness.fsaverage5.mgh --fsgd study.fsgd --cortex lh.cortex.label \\
+      --source B --target A --epochs 50 --checkpoint-dir run_lh --checkpoint-every 200 \\
+      --model s2sgan_lh_B_to_A.safetensors --output lh.thickness.B_as_A.fsaverage5.mgh
+
+  # an interrupted run goes on from its last checkpoint (same command plus --resume)
+  surfharm s2sgan train ... --checkpoint-dir run_lh --resume
+
+  # apply to new scans of site B (scans of site A are written unchanged); --reverse maps A to B
+  surfharm s2sgan apply --model s2sgan_lh_B_to_A.safetensors --mgh new.lh.thickness.fsaverage5.mgh \\
+      --fsgd new.fsgd --output new.lh.thickness.harmonized.fsaverage5.mgh
+
+Sites come from the table's 'site' column (or --site-column; for an FSGD without one, its class).
+Maps must be on an icosahedral mesh (fsaverage5 = level 5 is a good trade-off on a CPU).
+Model files are .safetensors with their metadata in JSON (in the file and in a .json copy beside it).
+Inputs are never overwritten; outputs are written atomically.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "s2sgan", help="S2SGAN: cycle-consistent spherical U-Nets mapping one site's maps to another's",
+        description="S2SGAN harmonization (Zhao et al., MICCAI 2019) of icosahedral surface maps between two sites.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    train = actions.add_parser("train", help="train a model (and harmonize the training scans)",
+                               epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_inputs(train)
+    train.add_argument("--source", required=True, help="site whose scans are mapped")
+    train.add_argument("--target", required=True, help="site whose appearance they take")
+    train.add_argument("--model", required=True, help="model file to write (.safetensors)")
+    train.add_argument("-o", "--output", help="harmonized maps of the training cohort (.mgh/.mgz or a folder)")
+    opt = train.add_argument_group("training")
+    opt.add_argument("--epochs", type=int, default=50, help="passes over the larger site (default 50)")
+    opt.add_argument("--max-steps", type=int, help="stop after this many steps instead")
+    opt.add_argument("--batch-size", type=int, default=1, help="scans of each site per step (default 1)")
+    opt.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
+    opt.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine",
+                     help="learning-rate schedule: cosine (default), step (the authors'), constant")
+    opt.add_argument("--depth", type=int, default=4, help="U-Net resolution levels (default 4)")
+    opt.add_argument("--base-channels", type=int, default=16, help="U-Net channels at full resolution (default 16)")
+    opt.add_argument("--condition-on", nargs="+", default=[], metavar="COLUMN",
+                     help="covariates fed to the networks (e.g. age, for infant cohorts)")
+    opt.add_argument("--validation-fraction", type=float, default=0.1,
+                     help="share of each site's scans held out and scored every epoch (default 0.1)")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    opt.add_argument("--checkpoint-dir", help="folder for checkpoint.safetensors (must exist)")
+    opt.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
+    opt.add_argument("--resume", action="store_true", help="go on from the checkpoint in --checkpoint-dir")
+    opt.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=run_train)
+
+    apply = actions.add_parser("apply", help="harmonize scans with a trained model",
+                               epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_inputs(apply)
+    apply.add_argument("--model", required=True, help="model file written by 'surfharm s2sgan train'")
+    apply.add_argument("-o", "--output", required=True, help="harmonized maps to write (.mgh/.mgz or a folder)")
+    apply.add_argument("--reverse", action="store_true", help="map the target site's scans to the source's")
+    apply.add_argument("--device", default="cpu")
+    apply.set_defaults(func=run_apply)
+
+
+def _add_inputs(parser) -> None:
+    parser.add_argument("--mgh", required=True, help="stacked MGH/MGZ of icosahedral maps, one frame per scan")
+    parser.add_argument("--fsgd", required=True, help="FSGD file of --mgh (frame i = i-th Input line)")
+    parser.add_argument("--participants", help="table (CSV/TSV) joined by subject: site, age, sex, ...")
+    parser.add_argument("--site-column", help="column holding the site (default 'site', else the FSGD class)")
+    parser.add_argument("--cortex", help="label/annotation of --mgh's mesh; vertices outside become NaN")
+
+
+def _read_cohort(args):
+    from surfharm.cohort import Cohort
+
+    return Cohort.from_stacked_mgh(args.mgh, args.fsgd, site_column=args.site_column,
+                                   participants=args.participants, cortex=args.cortex)
+
+
+def _covariates(cohort, columns):
+    return cohort.covariates(list(columns)) if columns else None
+
+
+def run_train(args) -> int:
+    from surfharm.cli import CLIError
+    from surfharm.harmonize import S2SGAN
+
+    if args.output and args.output == args.mgh:
+        raise CLIError(f"--output {args.output} is the input; choose a new file name")
+    cohort = _read_cohort(args)
+    for name in ("source", "target"):
+        if getattr(args, name) not in set(cohort.sites.astype(str)):
+            raise CLIError(f"--{name} {getattr(args, name)!r} is not a site of {args.fsgd}; "
+                           f"sites are {sorted(set(cohort.sites.astype(str)))}")
+    pair = cohort.subset(np.isin(cohort.sites.astype(str), [args.source, args.target]))
+    if pair.n_scans < cohort.n_scans:
+        print(f"training on the {pair.n_scans} scans of sites {args.source} and {args.target} "
+              f"({cohort.n_scans - pair.n_scans} scans of other sites left out)")
+    sites = pair.sites.astype(str)
+    model = S2SGAN(source=args.source, target=args.target, condition_on=tuple(args.condition_on), depth=args.depth,
+                   base_channels=args.base_channels, epochs=args.epochs, max_steps=args.max_steps,
+                   batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+                   validation_fraction=args.validation_fraction, seed=args.seed, device=args.device,
+                   checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                   progress=not args.quiet)
+    covariates = _covariates(pair, args.condition_on)
+    model.fit(pair.maps, sites, covariates)
+    last = model.history_[-1] if model.history_ else {}
+    print(f"trained S2SGAN {args.source} -> {args.target} at level {model.level_} on {pair.n_scans} scans; "
+          + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step"))
+    print(f"wrote {model.save(args.model)}")
+    if args.output:
+        harmonized = model.transform(pair.maps, sites, covariates)
+        for path in pair.with_maps(harmonized).write(args.output, overwrite=True):
+            print(f"wrote {path}")
+    return 0
+
+
+def run_apply(args) -> int:
+    from surfharm.cli import CLIError
+    from surfharm.harmonize import S2SGAN
+
+    if args.output == args.mgh:
+        raise CLIError(f"--output {args.output} is the input; choose a new file name")
+    model = S2SGAN.load(args.model, device=args.device)
+    cohort = _read_cohort(args)
+    sites = np.array([_as_model_label(s, model.sites_) for s in cohort.sites], dtype=object)
+    covariates = _covariates(cohort, model.condition_on)
+    harmonized = model.transform(cohort.maps, sites, covariates, direction="reverse" if args.reverse else "forward")
+    for path in cohort.with_maps(harmonized).write(args.output, overwrite=True):
+        print(f"wrote {path}")
+    return 0
+
+
+def _as_model_label(site, model_sites):
+    """Site labels read from text match the model's labels whatever their type (e.g. 1 vs '1')."""
+    for label in model_sites:
+        if str(label) == str(site):
+            return label
+    return site

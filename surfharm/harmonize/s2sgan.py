@@ -1,0 +1,419 @@
+"""S2SGAN (Zhao et al., MICCAI 2019): cycle-consistent spherical U-Nets mapping one site's maps to another's.
+
+Two sites only: a *source* whose scans are mapped to the *target*'s appearance. Each site's maps
+are z-scored per vertex with that site's mean and standard deviation (saved with the model); the
+generator G_XY maps z-scored source maps to z-scored target maps, which are brought back to
+millimetres with the target's statistics:
+
+    y = G_XY((x - mu_source) / sd_source) * sd_target + mu_target
+
+A residual generator starts as the identity, so an untrained model is per-vertex mean/std matching;
+training adds what a per-vertex linear map cannot do (non-linear intensity effects, a change of
+effective resolution), learned without paired scans from the least-squares adversarial loss, the
+cycle-consistency and identity L1 losses and the correlation-coefficient loss that keeps each
+subject's pattern (weights as the authors': 1, 10, 0.5, 0.5).
+
+``transform`` maps source-site scans to the target and returns target-site scans unchanged
+(``direction="reverse"``: target scans to the source, source scans unchanged). Vertices that are
+NaN in an input stay NaN in its output and never enter the losses; vertices outside the training
+cortex mask but finite in an input are returned unchanged.
+
+Model files: one ``.safetensors`` file (generator weights, normalisation statistics) with the JSON
+metadata (sites, level, configuration, training history, package version) in its header and in a
+``.json`` copy beside it.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from surfharm.harmonize.base import Harmonizer, HarmonizerInputError, check_data, check_sites, register
+from surfharm.models import LossWeights, SphericalGenerator, masked_pearson
+
+MODEL_FORMAT = "surfharm-s2sgan"
+#: Vertex counts of icosahedral levels 0..7.
+_LEVEL_VERTICES = {10 * 4 ** k + 2: k for k in range(8)}
+DIRECTIONS = ("forward", "reverse")
+
+
+@register("s2sgan")
+class S2SGAN(Harmonizer):
+    """S2SGAN harmonizer between two sites (see the module docstring).
+
+    Parameters
+    ----------
+    source, target : site labels
+        Scans of ``source`` are mapped to ``target``'s appearance. Default: of the two sites in
+        ``fit``, the first in sorted order is the target. ``fit(..., source=, target=)`` overrides.
+    condition_on : tuple of str
+        Covariate columns (of the DataFrame given to ``fit``/``transform``) fed to generators and
+        discriminators as constant channels after standardisation, e.g. ``("age",)`` for infants.
+    depth, base_channels, residual, disc_channels, disc_down :
+        Networks (:class:`surfharm.training.TrainingConfig`). Defaults suit level 5 on a CPU.
+    epochs, max_steps, batch_size, lr, schedule, pool_size :
+        Optimisation (:class:`surfharm.training.TrainingConfig`).
+    cycle_weight, identity_weight, correlation_weight : float
+        Loss weights (the authors': 10, 0.5, 0.5).
+    validation_fraction : float
+        Share of each site's scans held out of training and scored after every epoch (cycle error
+        in mm and input/output correlation; site AUROC when each site keeps >= 4 scans).
+    min_std_mm : float
+        Floor of the per-vertex standard deviations (avoids dividing by ~0 at near-constant vertices).
+    seed : int
+        Seeds initialisation, batches, validation split and pool draws (deterministic on CPU).
+    device : str
+        "cpu" (default) or "cuda" (bfloat16 autocast).
+    checkpoint_dir : path or None
+        Write ``checkpoint.safetensors`` (+ ``.json``) there every ``checkpoint_every`` steps and
+        at the end; with ``resume`` continue from it.
+    progress : bool
+        Show a progress bar with the losses.
+
+    Learned attributes
+    ------------------
+    sites_ : [source, target];  level_ : int;  n_features_in_ : V
+    mean_, std_ : (2, V) per-site per-vertex statistics (mm), rows in ``sites_`` order
+    mask_ : (V,) bool, vertices finite in every training scan and not constant across them
+    cond_mean_, cond_std_ : (n_cond,) standardisation of ``condition_on``
+    generator_xy_, generator_yx_ : the trained :class:`surfharm.models.SphericalGenerator` pair
+    history_ : list of dicts, per-epoch losses and validation scores
+    """
+
+    def __init__(self, *, source=None, target=None, condition_on: tuple = (), depth: int = 4,
+                 base_channels: int = 16, residual: bool = True, disc_channels: int = 16, disc_down: int = 3,
+                 epochs: int = 50, max_steps: int | None = None, batch_size: int = 1, lr: float = 2e-4,
+                 schedule: str = "cosine", pool_size: int = 20, cycle_weight: float = 10.0,
+                 identity_weight: float = 0.5, correlation_weight: float = 0.5, validation_fraction: float = 0.0,
+                 min_std_mm: float = 0.01, seed: int = 0, device: str = "cpu", checkpoint_dir=None,
+                 checkpoint_every: int = 0, resume: bool = False, progress: bool = False):
+        self.source = source
+        self.target = target
+        self.condition_on = condition_on
+        self.depth = depth
+        self.base_channels = base_channels
+        self.residual = residual
+        self.disc_channels = disc_channels
+        self.disc_down = disc_down
+        self.epochs = epochs
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.lr = lr
+        self.schedule = schedule
+        self.pool_size = pool_size
+        self.cycle_weight = cycle_weight
+        self.identity_weight = identity_weight
+        self.correlation_weight = correlation_weight
+        self.validation_fraction = validation_fraction
+        self.min_std_mm = min_std_mm
+        self.seed = seed
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.progress = progress
+
+    # -- fit ------------------------------------------------------------------------------------------
+    def training_config(self, level: int):
+        """The :class:`surfharm.training.TrainingConfig` this harmonizer trains with at ``level``."""
+        from surfharm.training import TrainingConfig
+
+        weights = LossWeights(cycle=float(self.cycle_weight), identity=float(self.identity_weight),
+                              correlation=float(self.correlation_weight))
+        return TrainingConfig(level=level, in_channels=1, cond_channels=len(self.condition_on), depth=int(self.depth),
+                              base_channels=int(self.base_channels), residual=bool(self.residual),
+                              disc_channels=int(self.disc_channels), disc_down=int(self.disc_down),
+                              lr=float(self.lr), batch_size=int(self.batch_size), epochs=int(self.epochs),
+                              max_steps=self.max_steps, schedule=self.schedule, pool_size=int(self.pool_size),
+                              weights=weights, seed=int(self.seed))
+
+    def fit(self, X, sites, covariates=None, *, source=None, target=None) -> "S2SGAN":
+        """Train on the scans of exactly two sites. X: (n_scans, V) in mm, NaN outside cortex."""
+        from surfharm.training import CycleGANTrainer
+
+        X = check_data(X, dtype=np.float32)
+        sites = check_sites(sites, X.shape[0])
+        level = _level_of(X.shape[1])
+        self.sites_ = self._choose_sites(sites, source, target)
+        cond = self._fit_conditions(covariates, X.shape[0])
+        rows = [np.flatnonzero(sites == s) for s in self.sites_]
+        for site, r in zip(self.sites_, rows):
+            if len(r) < 2:
+                raise HarmonizerInputError(f"site {site!r} has {len(r)} scan(s); S2SGAN needs at least 2 per site")
+        # Vertices used: finite in every training scan and not constant (a constant carries no site
+        # information: e.g. a medial wall filled with zeros); the others are returned as given.
+        self.mask_ = np.isfinite(X).all(axis=0)
+        self.mask_[self.mask_] = np.ptp(X[:, self.mask_], axis=0) > 0
+        if not self.mask_.any():
+            raise HarmonizerInputError("no vertex is finite and varying in every training scan: the maps share no cortex")
+        train_rows, val_rows = self._split(rows)
+        with warnings.catch_warnings():  # all-NaN columns (medial wall) give NaN, masked just below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.mean_ = np.stack([np.nanmean(X[r], axis=0) for r in train_rows]).astype(np.float32)
+            self.std_ = np.stack([np.nanstd(X[r], axis=0) for r in train_rows]).astype(np.float32)
+        self.mean_[:, ~self.mask_] = 0.0
+        self.std_ = np.where(self.mask_, np.maximum(self.std_, self.min_std_mm), 1.0).astype(np.float32)
+        self.level_, self.n_features_in_ = level, X.shape[1]
+
+        domains = [self._domain(X[r], i, None if cond is None else cond[r]) for i, r in enumerate(train_rows)]
+        config = self.training_config(level)
+        checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.safetensors"
+        if checkpoint is not None and not checkpoint.parent.is_dir():
+            raise HarmonizerInputError(f"checkpoint_dir {checkpoint.parent} does not exist")
+        validate = self._validator(X, cond, val_rows) if any(len(v) for v in val_rows) else None
+        trainer = CycleGANTrainer(config, *domains, device=self.device, checkpoint_path=checkpoint,
+                                  checkpoint_every=self.checkpoint_every, validate=validate,
+                                  checkpoint_extra=self._checkpoint_extra, progress=self.progress)
+        self._trainer = trainer
+        if self.resume and checkpoint is not None and checkpoint.exists():
+            meta = trainer.load_checkpoint(checkpoint)
+            self._check_resumed(meta, checkpoint)
+        self.history_ = trainer.train()
+        self.generator_xy_ = trainer.generators.g_xy.eval()
+        self.generator_yx_ = trainer.generators.g_yx.eval()
+        del self._trainer
+        return self
+
+    def _choose_sites(self, sites, source, target) -> list:
+        source = self.source if source is None else source
+        target = self.target if target is None else target
+        present = list(pd.unique(sites))
+        for name, value in (("source", source), ("target", target)):
+            if value is not None and value not in present:
+                raise HarmonizerInputError(f"{name} site {value!r} is not among the sites of the data {present}")
+        if source is None or target is None:
+            if len(present) != 2:
+                raise HarmonizerInputError(
+                    f"S2SGAN maps one site to another and got {len(present)} site(s) {present}; give exactly two "
+                    "sites, or choose the pair with source=... and target=...")
+            ordered = sorted(present, key=str)
+            target = target if target is not None else (ordered[0] if source != ordered[0] else ordered[1])
+            source = source if source is not None else next(s for s in ordered if s != target)
+        if source == target:
+            raise HarmonizerInputError(f"source and target are the same site {source!r}")
+        if len(present) > 2:
+            raise HarmonizerInputError(
+                f"S2SGAN trains on exactly two sites, the data hold {len(present)}: {present}; "
+                f"pass only the scans of {source!r} and {target!r} (a model per pair of sites)")
+        return [_plain(source), _plain(target)]
+
+    def _fit_conditions(self, covariates, n_scans: int):
+        names = list(self.condition_on)
+        if not names:
+            self.cond_mean_ = self.cond_std_ = np.zeros(0, np.float32)
+            return None
+        values = self._condition_values(covariates, n_scans)
+        self.cond_mean_ = values.mean(axis=0).astype(np.float32)
+        self.cond_std_ = np.maximum(values.std(axis=0), 1e-6).astype(np.float32)
+        return ((values - self.cond_mean_) / self.cond_std_).astype(np.float32)
+
+    def _condition_values(self, covariates, n_scans: int) -> np.ndarray:
+        names = list(self.condition_on)
+        if not isinstance(covariates, pd.DataFrame):
+            raise HarmonizerInputError(f"condition_on={names} needs covariates as a DataFrame with those columns, "
+                                       f"got {type(covariates).__name__}")
+        missing = [c for c in names if c not in covariates.columns]
+        if missing:
+            raise HarmonizerInputError(f"covariates lack column(s) {missing} named in condition_on; "
+                                       f"columns are {list(covariates.columns)}")
+        if len(covariates) != n_scans:
+            raise HarmonizerInputError(f"covariates have {len(covariates)} rows for {n_scans} scans")
+        values = covariates[names].to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise HarmonizerInputError(f"covariates {names} hold missing or infinite values")
+        return values
+
+    def _split(self, rows):
+        frac = float(self.validation_fraction)
+        if not 0 <= frac < 1:
+            raise HarmonizerInputError(f"validation_fraction must be in [0, 1), got {frac}")
+        rng = np.random.default_rng((int(self.seed), 7))
+        train, val = [], []
+        for r in rows:
+            n_val = int(round(frac * len(r)))
+            n_val = min(n_val, len(r) - 2)
+            shuffled = rng.permutation(r)
+            val.append(np.sort(shuffled[:n_val]))
+            train.append(np.sort(shuffled[n_val:]))
+        return train, val
+
+    def _normalise(self, X: np.ndarray, domain: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, V) mm -> z-scored (n, V) with 0 outside the mask, and the (n, V) bool mask."""
+        mask = np.isfinite(X) & self.mask_
+        z = (np.where(mask, X, 0.0) - self.mean_[domain]) / self.std_[domain]
+        return np.where(mask, z, 0.0).astype(np.float32), mask
+
+    def _domain(self, X, domain: int, cond):
+        from surfharm.training import DomainData
+
+        z, mask = self._normalise(X, domain)
+        return DomainData(torch.from_numpy(z)[:, None], torch.from_numpy(mask),
+                          None if cond is None else torch.from_numpy(cond))
+
+    def _checkpoint_extra(self):
+        tensors = {"mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
+                   "mask": torch.from_numpy(self.mask_.astype(np.uint8))}
+        return tensors, {"sites": self.sites_, "level": self.level_, "condition_on": list(self.condition_on)}
+
+    def _check_resumed(self, meta, path) -> None:
+        extra = meta.get("extra", {})
+        if extra.get("sites") != self.sites_ or extra.get("level") != self.level_:
+            raise HarmonizerInputError(f"checkpoint {path} was trained on sites {extra.get('sites')} at level "
+                                       f"{extra.get('level')}; these data have {self.sites_} at level {self.level_}")
+
+    def _validator(self, X, cond, val_rows):
+        """Per-epoch validation on held-out scans: cycle error (mm), correlation, site AUROC."""
+        def validate(trainer) -> dict[str, float]:
+            self.generator_xy_, self.generator_yx_ = trainer.generators.g_xy, trainer.generators.g_yx
+            src, tgt = val_rows
+            scores: dict[str, float] = {}
+            c = (lambda r: None if cond is None else cond[r])
+            with _eval_mode(trainer.generators):
+                if len(src):
+                    fake = self._generate(X[src], 0, c(src))
+                    back = self._generate(fake, 1, c(src))
+                    scores["cycle_mae_mm"] = float(np.nanmean(np.abs(back - X[src])))
+                    m = torch.from_numpy(self.mask_ & np.isfinite(X[src]))
+                    scores["r_input"] = float(masked_pearson(torch.from_numpy(np.nan_to_num(X[src]))[:, None],
+                                                             torch.from_numpy(np.nan_to_num(fake))[:, None], m).mean())
+                    if len(src) >= 4 and len(tgt) >= 4:
+                        scores["site_auroc"] = _site_auroc(fake[:, self.mask_], X[tgt][:, self.mask_], self.seed)
+            return scores
+        return validate
+
+    # -- transform ------------------------------------------------------------------------------------
+    def transform(self, X, sites, covariates=None, *, direction: str = "forward", batch_size: int = 8) -> np.ndarray:
+        """Map source-site scans to the target's appearance (``direction="forward"``) or target-site
+        scans to the source's (``"reverse"``); scans of the other site are returned unchanged.
+
+        X: (n_scans, V) mm, NaN outside cortex (kept NaN). Returns float32 (n_scans, V).
+        """
+        self.check_is_fitted("generator_xy_")
+        if direction not in DIRECTIONS:
+            raise HarmonizerInputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        X = check_data(X, dtype=np.float32)
+        if X.shape[1] != self.n_features_in_:
+            try:
+                found = f"level {_level_of(X.shape[1])}"
+            except HarmonizerInputError:
+                found = "no icosahedral level"
+            raise HarmonizerInputError(f"X has {X.shape[1]} vertices ({found}) but this model was trained at level "
+                                       f"{self.level_} ({self.n_features_in_} vertices); resample the maps or "
+                                       "train a model at this level")
+        sites = check_sites(sites, X.shape[0])
+        unknown = sorted({str(s) for s in sites if s not in self.sites_})
+        if unknown:
+            raise HarmonizerInputError(f"site(s) {unknown} are not in this model, which maps {self.sites_[0]!r} "
+                                       f"-> {self.sites_[1]!r}")
+        cond = None
+        if len(self.condition_on):
+            cond = ((self._condition_values(covariates, X.shape[0]) - self.cond_mean_) / self.cond_std_).astype(np.float32)
+        moving = 0 if direction == "forward" else 1
+        out = X.copy()
+        rows = np.flatnonzero(sites == self.sites_[moving])
+        for start in range(0, len(rows), int(batch_size)):
+            r = rows[start:start + int(batch_size)]
+            out[r] = self._generate(X[r], moving, None if cond is None else cond[r])
+        return out
+
+    def _generate(self, X: np.ndarray, domain: int, cond) -> np.ndarray:
+        """Maps of site ``domain`` (0 source, 1 target) -> the other site's appearance, in mm."""
+        generator = self.generator_xy_ if domain == 0 else self.generator_yx_
+        device = next(generator.parameters()).device
+        z, mask = self._normalise(X, domain)
+        with torch.no_grad():
+            c = None if cond is None else torch.from_numpy(cond).to(device)
+            fake = generator(torch.from_numpy(z)[:, None].to(device), c)[:, 0].float().cpu().numpy()
+        other = 1 - domain
+        mm = fake * self.std_[other] + self.mean_[other]
+        return np.where(mask, mm, X).astype(np.float32)   # outside the mask: unchanged (NaN stays NaN)
+
+    # -- save / load ----------------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write the model to ``path`` (``.safetensors``, with a ``.json`` copy of its metadata)."""
+        from surfharm.training import write_safetensors
+
+        self.check_is_fitted("generator_xy_")
+        tensors = {f"generator_xy.{k}": v for k, v in self.generator_xy_.state_dict().items()}
+        tensors.update({f"generator_yx.{k}": v for k, v in self.generator_yx_.state_dict().items()})
+        tensors.update({"mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
+                        "mask": torch.from_numpy(self.mask_.astype(np.uint8)),
+                        "cond_mean": torch.from_numpy(self.cond_mean_), "cond_std": torch.from_numpy(self.cond_std_)})
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        import surfharm
+
+        params = {k: v for k, v in self.get_params().items() if k not in ("checkpoint_dir", "resume", "progress")}
+        params["condition_on"] = list(self.condition_on)
+        meta = {"format": MODEL_FORMAT, "format_version": 1, "surfharm_version": surfharm.__version__,
+                "sites": self.sites_, "level": self.level_, "n_features": self.n_features_in_,
+                "params": params, "history": self.history_}
+        return write_safetensors(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path, device: str = "cpu") -> "S2SGAN":
+        """Read a model written by :meth:`save`; errors name the file and what is wrong."""
+        from surfharm.training import read_safetensors
+
+        tensors, meta = read_safetensors(path, expected_format=MODEL_FORMAT)
+        params = dict(meta["params"])
+        params["condition_on"] = tuple(params.get("condition_on", ()))
+        params["device"] = device
+        model = cls(**params)
+        model.sites_, model.level_, model.n_features_in_ = meta["sites"], int(meta["level"]), int(meta["n_features"])
+        model.history_ = meta.get("history", [])
+        model.mean_, model.std_ = tensors["mean"].numpy(), tensors["std"].numpy()
+        model.mask_ = tensors["mask"].numpy().astype(bool)
+        model.cond_mean_, model.cond_std_ = tensors["cond_mean"].numpy(), tensors["cond_std"].numpy()
+        config = model.training_config(model.level_)
+        for name in ("generator_xy", "generator_yx"):
+            net = SphericalGenerator(1, model.level_, cond_channels=config.cond_channels, depth=config.depth,
+                                     base_channels=config.base_channels, residual=config.residual)
+            net.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
+            setattr(model, f"{name}_", net.to(device).eval())
+        return model
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+def _level_of(n_vertices: int) -> int:
+    if n_vertices not in _LEVEL_VERTICES:
+        raise HarmonizerInputError(
+            f"S2SGAN works on icosahedral maps; got {n_vertices} vertices, expected one of "
+            f"{', '.join(str(v) for v in sorted(_LEVEL_VERTICES))} (levels 0-7; fsaverage5 = 10242)")
+    level = _LEVEL_VERTICES[n_vertices]
+    if level < 2:
+        raise HarmonizerInputError(f"S2SGAN needs icosahedral level >= 2, got level {level} ({n_vertices} vertices)")
+    return level
+
+
+def _plain(label):
+    """A site label as a JSON-able Python value (numpy scalars -> int/str)."""
+    return label.item() if isinstance(label, np.generic) else label
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _site_auroc(a: np.ndarray, b: np.ndarray, seed: int) -> float:
+    """Cross-validated AUROC of a logistic regression telling maps ``a`` from maps ``b``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    X = np.concatenate([a, b]).astype(np.float64)
+    y = np.r_[np.zeros(len(a)), np.ones(len(b))]
+    folds = StratifiedKFold(n_splits=min(4, len(a), len(b)), shuffle=True, random_state=seed)
+    score = cross_val_predict(LogisticRegression(C=1.0, max_iter=500), X, y, cv=folds, method="decision_function")
+    return float(roc_auc_score(y, score))

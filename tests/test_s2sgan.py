@@ -1,0 +1,161 @@
+"""S2SGAN harmonizer: protocol, NaN handling, directions, save/load, resume, bad inputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from surfharm import harmonize
+from surfharm.harmonize import HarmonizerInputError, NotFittedError, S2SGAN
+from surfharm.training import write_safetensors
+
+V3 = 642
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(**changes) -> S2SGAN:
+    settings = dict(depth=2, base_channels=4, disc_channels=4, disc_down=2, max_steps=4, pool_size=2, seed=0)
+    settings.update(changes)
+    return S2SGAN(**settings)
+
+
+@pytest.fixture
+def pair():
+    """6 scans per site at level 3, site B a saturating function of A-like maps; NaN medial wall."""
+    rng = np.random.default_rng(0)
+    base = 2.5 + 0.3 * rng.standard_normal((12, V3))
+    X = base.copy()
+    X[6:] = 4.0 * np.tanh(base[6:] / 4.0) + 0.2
+    X[:, :20] = np.nan
+    sites = np.array(["A"] * 6 + ["B"] * 6)
+    cov = pd.DataFrame({"age": np.linspace(20, 70, 12), "female": np.tile([0, 1], 6)})
+    return X.astype(np.float32), sites, cov
+
+
+def test_registered_and_unfitted():
+    assert harmonize.get("s2sgan") is S2SGAN
+    with pytest.raises(NotFittedError):
+        tiny().transform(np.zeros((1, V3)), ["A"])
+
+
+def test_transform_maps_source_keeps_target_and_nan(pair):
+    X, sites, cov = pair
+    model = tiny(source="B", target="A").fit(X, sites, cov)
+    assert model.sites_ == ["B", "A"] and model.level_ == 3
+    out = model.transform(X, sites)
+    assert out.shape == X.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(X))
+    np.testing.assert_array_equal(out[sites == "A"], X[sites == "A"])
+    # Source scans land on the target's per-vertex scale (the z-scored mapping), not left as they were.
+    assert not np.allclose(out[sites == "B"][:, 20:], X[sites == "B"][:, 20:])
+    target_mean = np.mean(X[sites == "A"][:, 20:], axis=0)
+    assert np.mean(np.abs(out[sites == "B"][:, 20:].mean(0) - target_mean)) < \
+        np.mean(np.abs(X[sites == "B"][:, 20:].mean(0) - target_mean))
+    reverse = model.transform(X, sites, direction="reverse")
+    np.testing.assert_array_equal(reverse[sites == "B"], X[sites == "B"])
+    assert not np.allclose(reverse[sites == "A"][:, 20:], X[sites == "A"][:, 20:])
+
+
+def test_default_target_is_first_sorted_site(pair):
+    X, sites, _ = pair
+    assert tiny(max_steps=1).fit(X, sites).sites_ == ["B", "A"]
+    assert tiny(max_steps=1).fit(X, sites, source="A").sites_ == ["A", "B"]
+
+
+def test_save_load_round_trip_is_bit_exact(pair, tmp_path):
+    X, sites, cov = pair
+    model = tiny(condition_on=("age",), validation_fraction=0.2).fit(X, sites, cov)
+    assert any("val_cycle_mae_mm" in h for h in model.history_)
+    path = model.save(tmp_path / "model.safetensors")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["sites"] == ["B", "A"] and meta["level"] == 3 and meta["params"]["condition_on"] == ["age"]
+    loaded = S2SGAN.load(path)
+    np.testing.assert_array_equal(loaded.transform(X, sites, cov), model.transform(X, sites, cov))
+    for a, b in zip(model.generator_xy_.state_dict().values(), loaded.generator_xy_.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_fit_is_deterministic(pair):
+    X, sites, _ = pair
+    a = tiny().fit(X, sites).transform(X, sites)
+    b = tiny().fit(X, sites).transform(X, sites)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_interrupted_fit_resumes_to_the_same_model(pair, tmp_path, monkeypatch):
+    X, sites, _ = pair
+    straight = tiny(max_steps=4).fit(X, sites).transform(X, sites)
+
+    from surfharm.training import CycleGANTrainer
+    real_step = CycleGANTrainer.train_step
+
+    def interrupt_at_2(self):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(CycleGANTrainer, "train_step", interrupt_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        tiny(max_steps=4, checkpoint_dir=tmp_path).fit(X, sites)
+    monkeypatch.setattr(CycleGANTrainer, "train_step", real_step)
+    saved = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert saved["step"] == 2 and saved["extra"]["sites"] == ["B", "A"]
+    resumed = tiny(max_steps=4, checkpoint_dir=tmp_path, resume=True).fit(X, sites).transform(X, sites)
+    np.testing.assert_array_equal(resumed, straight)
+
+
+def test_bad_inputs_have_clear_errors(pair, tmp_path):
+    X, sites, cov = pair
+    with pytest.raises(HarmonizerInputError, match="got 1 site"):
+        tiny().fit(X[:6], sites[:6])
+    three = np.array(["A"] * 4 + ["B"] * 4 + ["C"] * 4)
+    with pytest.raises(HarmonizerInputError, match="exactly two"):
+        tiny().fit(X, three)
+    with pytest.raises(HarmonizerInputError, match="exactly two sites, the data hold 3"):
+        tiny(source="A", target="B").fit(X, three)
+    with pytest.raises(HarmonizerInputError, match="'Z' is not among"):
+        tiny(target="Z").fit(X, sites)
+    with pytest.raises(HarmonizerInputError, match="expected one of .*10242"):
+        tiny().fit(X[:, :600], sites)
+    bad = X.copy()
+    bad[0, 30] = np.inf
+    with pytest.raises(HarmonizerInputError, match="inf"):
+        tiny().fit(bad, sites)
+    with pytest.raises(HarmonizerInputError, match="condition_on"):
+        tiny(condition_on=("age",)).fit(X, sites, None)
+
+    model = tiny(max_steps=1).fit(X, sites)
+    level4 = np.zeros((2, 2562), np.float32)
+    with pytest.raises(HarmonizerInputError, match=r"2562 vertices \(level 4\).*trained at level 3"):
+        model.transform(level4, ["A", "B"])
+    with pytest.raises(HarmonizerInputError, match=r"\['C'\] are not in this model"):
+        model.transform(X[:2], ["A", "C"])
+    with pytest.raises(HarmonizerInputError, match="direction"):
+        model.transform(X, sites, direction="backwards")
+
+
+def test_load_refuses_other_files(tmp_path):
+    other = tmp_path / "other.safetensors"
+    write_safetensors(other, {"w": torch.zeros(2)}, {"format": "something-else", "surfharm_version": "0.1.0"})
+    with pytest.raises(ValueError, match="expected a 'surfharm-s2sgan'"):
+        S2SGAN.load(other)
+    future = tmp_path / "future.safetensors"
+    write_safetensors(future, {"w": torch.zeros(2)}, {"format": "surfharm-s2sgan", "surfharm_version": "9.0.0"})
+    with pytest.raises(ValueError, match="another major version"):
+        S2SGAN.load(future)
+    with pytest.raises(FileNotFoundError):
+        S2SGAN.load(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        S2SGAN.load(junk)

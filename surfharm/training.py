@@ -206,7 +206,8 @@ class CycleGANTrainer:
                                  f"{expected} (channels, vertices at level {config.level})")
             n_cond = 0 if domain.cond is None else domain.cond.shape[1]
             if n_cond != config.cond_channels:
-                raise ValueError(f"{name} has {n_cond} conditioning values per scan, config says {config.cond_channels}")
+                raise ValueError(f"{name} has {n_cond} conditioning values per scan, "
+                                 f"config says {config.cond_channels}")
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = torch.distributed.get_rank() if self.distributed else 0
         self.world_size = torch.distributed.get_world_size() if self.distributed else 1
@@ -356,7 +357,8 @@ class CycleGANTrainer:
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in values.items() if k in ("G", "cycle", "corr", "D")})
                 if self.step % self.steps_per_epoch == 0 or self.step == end:
-                    record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "lr": self.lr_at(self.step - 1)}
+                    record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                              "lr": self.lr_at(self.step - 1)}
                     record.update({k: v / count for k, v in sums.items()})
                     if self.validate is not None and self.rank == 0:
                         record.update({f"val_{k}": float(v) for k, v in self.validate(self).items()})

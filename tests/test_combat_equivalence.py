@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from surfharm.harmonize import ComBat
-from surfharm.harmonize import _np_eb
 
 neuroCombat = pytest.importorskip("neuroCombat", reason="neuroCombat (test extra) is not installed").neuroCombat
 
@@ -104,38 +103,3 @@ def test_reference_site_against_the_formulas_without_eb():
         expected[rows] = (s[rows] - gamma) / np.sqrt(delta) * np.sqrt(var) + stand[rows]
     got = ComBat(reference_site="siteB", eb=False).fit_transform(X, sites, table[["age", "sex"]])
     assert np.allclose(got, expected, rtol=0, atol=1e-10)
-
-
-def test_fast_nonparametric_agrees_with_direct_sum():
-    # The Chebyshev evaluation of the non-parametric prior must give the exact sum's answer.
-    rng = np.random.default_rng(0)
-    n_features = 12000
-    n = np.full(n_features, 40.0)
-    n[:50] = 37.0  # some features with missing scans
-    mean = rng.normal(0.2, 0.3, n_features)
-    mean[:3] = [4.0, -3.0, 2.5]  # outlying features
-    var = rng.gamma(40, 1 / 40, n_features)
-    prior_g, prior_d = mean[::2].copy(), var[::2] * 40 / 39
-    self_index = np.full(n_features, -1)
-    self_index[::2] = np.arange(prior_g.size)
-    exact = _np_eb.direct(n, mean, var, prior_g, prior_d, self_index)
-    gamma, delta, info = _np_eb.interpolated(n, mean, var, prior_g, prior_d, self_index, tol=1e-9,
-                                          min_speedup=1.0)
-    assert info["method"] == "interpolated"
-    assert np.abs(gamma - exact[0]).max() < 1e-8
-    assert np.abs(delta - exact[1]).max() < 1e-8
-
-
-def test_direct_nonparametric_against_a_plain_loop():
-    rng = np.random.default_rng(5)
-    data = rng.normal(0.1, 1.1, (25, 30))  # 25 features x 30 scans of one site
-    g_hat, d_hat = data.mean(axis=1), data.var(axis=1, ddof=1)
-    expected = []
-    for i in range(25):
-        others = np.arange(25) != i
-        g, d = g_hat[others], d_hat[others]
-        lik = np.array([np.prod(np.exp(-(data[i] - gk) ** 2 / (2 * dk)) / np.sqrt(2 * np.pi * dk))
-                        for gk, dk in zip(g, d)])
-        expected.append(((g * lik).sum() / lik.sum(), (d * lik).sum() / lik.sum()))
-    got = _np_eb.direct(np.full(25, 30.0), data.mean(axis=1), data.var(axis=1), g_hat, d_hat, np.arange(25))
-    assert np.allclose(np.stack(got, axis=1), np.array(expected), rtol=1e-10, atol=0)

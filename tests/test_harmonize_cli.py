@@ -149,12 +149,14 @@ def test_stacked_mgh_and_fsgd(tmp_path, capsys):
     fsgd.write_text("\n".join(lines) + "\n")
     out = tmp_path / "stack"
     code = cli.main(["harmonize", "--mgh", str(mgh), "--fsgd", str(fsgd), "--keep", "age", "--out", str(out),
-                     "--quiet", "--no-report"])
+                     "--quiet"])
     assert code == 0, capsys.readouterr().err
     stacked = sio.read_maps(out / "lh" / "lh.thickness.harmonized.mgh")
     assert stacked.shape == (n, v)
     gap = stacked[sites == "B"].mean() - stacked[sites == "A"].mean()
     assert abs(gap) < 0.05 and (out / "lh" / "harmonized.fsgd").is_file()
+    report = (out / "lh" / "report.html").read_text()
+    assert "<img" in report and "combat" in report
 
 
 def test_roi_table(tmp_path, capsys):
@@ -167,7 +169,11 @@ def test_roi_table(tmp_path, capsys):
                      "--quiet"])
     assert code == 0, capsys.readouterr().err
     written = sorted((out / "roi").glob("*.harmonized.csv"))
-    assert len(written) == 1 and len(pd.read_csv(written[0])) == len(table)
+    assert len(written) == 1
+    harmonized = pd.read_csv(written[0])
+    assert len(harmonized) == len(table)
+    assert (harmonized["age"] == table["age"]).all()  # a covariate, never harmonized as an ROI
+    assert np.load(out / "roi" / "maps" / "raw.npy").shape == (len(table), 68)
     metrics = pd.read_csv(out / "roi" / "metrics.csv").set_index("method")
     assert metrics.loc["combat", "site_eta2_median"] < metrics.loc["raw", "site_eta2_median"]
 
@@ -177,3 +183,29 @@ def test_help_has_examples(capsys):
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+def test_s2sgan_model_is_saved_and_applied(tmp_path, capsys):
+    """A learned model goes through the same path: safetensors + JSON written, found and loaded by apply."""
+    rng = np.random.default_rng(2)
+    n, v = 8, 642
+    sites = np.array(["A", "B"] * (n // 2))
+    maps = 2.5 + 0.3 * (sites == "B")[:, None] + rng.normal(0, 0.1, (n, v))
+    mgh = sio.write_map(tmp_path / "lh.thickness.fsaverage3.mgh", maps.astype(np.float32))
+    fsgd = tmp_path / "study.fsgd"
+    fsgd.write_text("GroupDescriptorFile 1\nClass A\nClass B\n"
+                    + "".join(f"Input s{i:02d} {s}\n" for i, s in enumerate(sites)))
+    out = tmp_path / "gan"
+    method = "s2sgan:max_steps=1,depth=2,base_channels=4,disc_channels=4,disc_down=2"
+    code = cli.main(["harmonize", "--mgh", str(mgh), "--fsgd", str(fsgd), "--method", method,
+                     "--reference-site", "A", "--out", str(out), "--quiet", "--no-report"])
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((out / "lh" / "model.json").read_text())
+    assert meta["sites"] == ["B", "A"] and (out / "lh" / "model.safetensors").is_file()
+    fitted = np.load(out / "lh" / "maps" / "s2sgan.npy")
+    np.testing.assert_array_equal(fitted[sites == "A"], maps[sites == "A"].astype(np.float32))  # target unchanged
+
+    code = cli.main(["apply", "--model", str(out), "--mgh", str(mgh), "--fsgd", str(fsgd),
+                     "--out", str(tmp_path / "applied"), "--quiet", "--no-report"])
+    assert code == 0, capsys.readouterr().err
+    np.testing.assert_allclose(np.load(tmp_path / "applied" / "lh" / "maps" / "s2sgan.npy"), fitted, atol=1e-5)

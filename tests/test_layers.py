@@ -7,7 +7,15 @@ from scipy.spatial import cKDTree
 import spherical_ops as so
 from spherical_ops import IcoConv, IcoPool, IcoUNet, IcoUpConv, IcoUpsample, topology
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """Exact comparisons in float64, restored afterwards so other test modules are not affected."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def loop_conv(x, weight, bias, table):

@@ -159,3 +159,33 @@ def test_load_refuses_other_files(tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a readable safetensors"):
         S2SGAN.load(junk)
+
+
+def test_masked_losses_ignore_vertices_outside_the_mask():
+    from surfharm.models import masked_l1, masked_pearson
+
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, 1, 50, generator=gen), torch.randn(2, 1, 50, generator=gen)
+    an, bn = a.numpy(), b.numpy()
+    mask = torch.ones(2, 50, dtype=torch.bool)
+    mask[0, :10] = False
+    changed = a.clone()
+    changed[0, 0, :10] = 1e6                          # garbage outside the mask changes nothing
+    assert masked_l1(changed, b, mask) == masked_l1(a, b, mask)
+    expected_l1 = np.mean([np.abs(an[0, 0, 10:] - bn[0, 0, 10:]).mean(), np.abs(an[1, 0] - bn[1, 0]).mean()])
+    assert float(masked_l1(a, b, mask)) == pytest.approx(expected_l1, rel=1e-5)
+    r = masked_pearson(changed, b, mask)
+    assert float(r[0]) == pytest.approx(np.corrcoef(an[0, 0, 10:], bn[0, 0, 10:])[0, 1], abs=1e-5)
+    assert float(r[1]) == pytest.approx(np.corrcoef(an[1, 0], bn[1, 0])[0, 1], abs=1e-5)
+
+
+def test_image_pool_fills_then_swaps():
+    from surfharm.models import ImagePool
+
+    pool = ImagePool(size=2, seed=0)
+    first = torch.zeros(2, 1, 4)
+    assert torch.equal(pool.query(first, step=0), first) and len(pool.images) == 2
+    returned = [pool.query(torch.full((1, 1, 4), float(s + 1)), step=s) for s in range(1, 20)]
+    # Some queries return a stored (older) map instead of the new one, as the pool is meant to.
+    assert any(float(r[0, 0, 0]) != s + 2 for s, r in enumerate(returned))
+    assert torch.equal(ImagePool(0).query(first, step=0), first)

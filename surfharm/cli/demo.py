@@ -6,7 +6,7 @@ import argparse
 EXAMPLE = """\
 examples:
   surfharm demo --quick          # about a minute: level 4, small cohort, S2SGAN for a few steps
-  surfharm demo                  # a few minutes: fsaverage5, 30 infants x 3 sessions, 3-fold cross-validation
+  surfharm demo                  # a few minutes: fsaverage5, 30 infants x 3 sessions, S2SGAN 24 steps
   surfharm demo --out my-demo --overwrite --no-s2sgan
 
 Everything runs on embedded data (nilearn's fsaverage5 + simulation): no download, no GPU.
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="surfharm-demo", help="output folder (default ./surfharm-demo)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     parser.add_argument("--no-s2sgan", action="store_true", help="ComBat only (skips the network training)")
-    parser.add_argument("--s2sgan-steps", type=int, help="S2SGAN training steps per fit (default 40; --quick 12)")
+    parser.add_argument("--s2sgan-steps", type=int, help="S2SGAN training steps per fit (default 24; --quick 6)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulation and the training (default 0)")
     parser.add_argument("--no-render", action="store_true", help="no pyvista renderings and no report (tables only)")
     # Sizes for tests and experiments; not shown in --help.
@@ -51,8 +51,17 @@ def run(args) -> int:
                        **{k: v for k, v in changes.items() if v is not None})
     result = demo.run_demo(args.out, settings, overwrite=args.overwrite, progress=not args.quiet)
     print("\n" + demo.summary_table(result["table"]) + "\n")
+    if "error" in result["table"].columns:
+        for method, error in zip(result["table"]["method"], result["table"]["error"]):
+            if isinstance(error, str):
+                print(f"{method} failed in the benchmark: {error}")
     for method, reason in result["skipped"].items():
         print(f"{method} was skipped: {reason}")
+    if settings.s2sgan_steps > 0 and "s2sgan" not in result["skipped"]:
+        print(f"S2SGAN trained for {settings.s2sgan_steps} steps per fit only: it shows the pipeline, not what a "
+              "trained model does (an untrained S2SGAN is per-site z-scoring, which also removes age differences "
+              "between the scanners). Train longer on your data: "
+              "surfharm harmonize --method 's2sgan:max_steps=2000' ...")
     print(f"full table: {result['out'] / 'benchmark.md'}")
     if result["report"] is not None:
         print(f"report: {result['report']} (open it in a browser)")

@@ -149,7 +149,7 @@ class ComBat(Harmonizer):
         """Pooled least squares over all features at once; per-site sums of standardised residuals."""
         S = self._site_design
         D = self._first_pass_design()
-        n_sites, n_features = S.shape[1], X.shape[1]
+        n_sites = S.shape[1]
         dtd = D.T @ D
         coef = np.linalg.solve(dtd, counts.dtx)
         if counts.partial.size:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from surfharm.harmonize import _design
 from surfharm.harmonize.base import HarmonizerInputError, register
 from surfharm.harmonize.combat import ComBat, _check_matrix, _chunks, _constant_features
 

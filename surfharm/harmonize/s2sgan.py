@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -150,7 +149,8 @@ class S2SGAN(Harmonizer):
         self.mask_ = np.isfinite(X).all(axis=0)
         self.mask_[self.mask_] = np.ptp(X[:, self.mask_], axis=0) > 0
         if not self.mask_.any():
-            raise HarmonizerInputError("no vertex is finite and varying in every training scan: the maps share no cortex")
+            raise HarmonizerInputError("no vertex is finite and varying in every training scan: "
+                                       "the maps share no cortex")
         train_rows, val_rows = self._split(rows)
         with warnings.catch_warnings():  # all-NaN columns (medial wall) give NaN, masked just below
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -312,7 +312,8 @@ class S2SGAN(Harmonizer):
                                        f"-> {self.sites_[1]!r}")
         cond = None
         if len(self.condition_on):
-            cond = ((self._condition_values(covariates, X.shape[0]) - self.cond_mean_) / self.cond_std_).astype(np.float32)
+            values = self._condition_values(covariates, X.shape[0])
+            cond = ((values - self.cond_mean_) / self.cond_std_).astype(np.float32)
         moving = 0 if direction == "forward" else 1
         out = X.copy()
         rows = np.flatnonzero(sites == self.sites_[moving])

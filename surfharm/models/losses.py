@@ -40,8 +40,8 @@ def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     a, b: (B, C, V); mask: (B, V) bool. Returns a scalar.
     """
     weight = mask[:, None, :].to(torch.float32)
-    per_scan = ((a.float() - b.float()).abs() * weight).sum(dim=(1, 2)) / (weight.sum(dim=(1, 2)) * a.shape[1]).clamp_min(1)
-    return per_scan.mean()
+    total = ((a.float() - b.float()).abs() * weight).sum(dim=(1, 2))
+    return (total / (weight.sum(dim=(1, 2)) * a.shape[1]).clamp_min(1)).mean()
 
 
 def masked_pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

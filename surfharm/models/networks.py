@@ -88,7 +88,8 @@ def _with_conditions(x: torch.Tensor, cond: torch.Tensor | None, n_cond: int, la
     """Append ``cond`` (B, n_cond) as channels constant over vertices."""
     if n_cond == 0:
         if cond is not None and cond.numel():
-            raise ValueError(f"{layer} was built without conditioning channels but got cond of shape {tuple(cond.shape)}")
+            raise ValueError(f"{layer} was built without conditioning channels but got cond of shape "
+                             f"{tuple(cond.shape)}")
         return x
     if cond is None or cond.shape != (x.shape[0], n_cond):
         got = None if cond is None else tuple(cond.shape)

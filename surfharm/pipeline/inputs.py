@@ -160,6 +160,15 @@ def planned_reads(source: Source) -> list[tuple[str, Path]]:
     return files
 
 
+def roi_features(source: Source) -> list[str] | None:
+    """The ROI columns of an ROI table: those ending in ``_<measure>`` (``lh_bankssts_thickness``) when
+    there are any, so that covariates kept in the same table (age, ...) are never harmonized as
+    ROIs; else None (every numeric column that is not an id or a covariate)."""
+    columns = sio.read_table(source.roi_table).columns
+    named = [c for c in columns if str(c).endswith(f"_{source.measure}")]
+    return named or None
+
+
 # -- reading ----------------------------------------------------------------------------------------------
 
 def read_cohorts(source: Source, *, progress: bool = True) -> dict[str, Cohort]:
@@ -169,7 +178,7 @@ def read_cohorts(source: Source, *, progress: bool = True) -> dict[str, Cohort]:
     """
     if source.kind == "roi_table":
         cohort = Cohort.from_roi_table(source.roi_table, source.participants, site_column=source.site_column,
-                                       measure=source.measure)
+                                       measure=source.measure, features=roi_features(source))
         return {"roi": cohort}
     if source.kind == "stacked_mgh":
         cohorts = {}
@@ -188,6 +197,11 @@ def read_cohorts(source: Source, *, progress: bool = True) -> dict[str, Cohort]:
     cohorts = {}
     for hemi in source.hemis:
         fwhm = qcache_fwhm(source, folders, hemi)
+        if progress and fwhm is None:
+            found = sorted({p.name for p in (folders[0] / "surf").glob(f"{hemi}.{source.measure}.fwhm*.fsaverage.mg[hz]")})
+            if found:
+                print(f"note: {folders[0] / 'surf'} has several qcache maps ({', '.join(found)}); reading the native "
+                      f"map instead (pass --fwhm N to read {hemi}.{source.measure}.fwhmN.fsaverage.mgh)", flush=True)
         if progress:
             what = (f"{hemi}.{source.measure}.fwhm{fwhm}.fsaverage.mgh" if fwhm is not None
                     else f"{hemi}.{source.measure} on {hemi}.sphere.reg, resampled to level {source.level}")

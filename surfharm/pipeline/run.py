@@ -90,7 +90,8 @@ def harmonize(source: Source, method: str, out, *, keep=None, smooth=(), referen
         folder = out / key
         maps = {"raw": np.asarray(cohort.maps), spec.name: harmonized}
         table = outputs.summary_metrics(cohort, maps, kept)
-        config = {"method": spec.name, "options": spec.options, "keep": kept, "level": cohort.level,
+        options = {k: v for k, v in spec.options.items() if k != "progress"}
+        config = {"method": spec.name, "options": options, "keep": kept, "level": cohort.level,
                   "measure": cohort.measure, "hemi": cohort.hemi, "input": source.kind}
         outputs.write_run_folder(folder, cohort, maps, metrics_table=table, config=config,
                                  title=f"surfharm harmonize: {spec.name}, {key}", command=command)

@@ -5,7 +5,7 @@ import argparse
 
 EXAMPLE = """\
 examples:
-  surfharm demo --quick          # about a minute: level 4, small cohort, S2SGAN for a few steps
+  surfharm demo --quick          # about a minute: 16 infants, S2SGAN for a few steps
   surfharm demo                  # a few minutes: fsaverage5, 30 infants x 3 sessions, S2SGAN 24 steps
   surfharm demo --out my-demo --overwrite --no-s2sgan
 
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="surfharm-demo", help="output folder (default ./surfharm-demo)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     parser.add_argument("--no-s2sgan", action="store_true", help="ComBat only (skips the network training)")
-    parser.add_argument("--s2sgan-steps", type=int, help="S2SGAN training steps per fit (default 24; --quick 6)")
+    parser.add_argument("--s2sgan-steps", type=int, help="S2SGAN training steps per fit (default 24; --quick 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulation and the training (default 0)")
     parser.add_argument("--no-render", action="store_true", help="no pyvista renderings and no report (tables only)")
     # Sizes for tests and experiments; not shown in --help.

@@ -61,7 +61,7 @@ class DemoSettings:
 
 PRESETS = {
     "full": DemoSettings(),
-    "quick": DemoSettings(level=4, n_subjects=16, n_traveling=4, n_splits=2, s2sgan_steps=6, s2sgan_depth=3),
+    "quick": DemoSettings(n_subjects=16, n_traveling=4, n_splits=2, s2sgan_steps=8),
 }
 
 

@@ -113,6 +113,9 @@ def apply(source: Source, model, out, *, space: str = "ico", report: bool = True
     the model and must be columns of the new table.
     """
     spaces = _spaces(source, space)
+    if not Path(model).exists():  # before reading any scan
+        raise FileNotFoundError(f"model {model} does not exist; expected a model file (model.npz, "
+                                "model.safetensors) or the output folder of 'surfharm harmonize'")
     out = outputs.prepare_folder(out, overwrite=overwrite)
     cohorts = read_cohorts(source, progress=progress)
     result = RunResult(out=out)

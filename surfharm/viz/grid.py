@@ -8,6 +8,7 @@ on top. Window size, camera (parallel projection fitted to the mesh), lighting a
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -92,6 +93,19 @@ def _fit_camera(plotter, vertices: np.ndarray, direction: np.ndarray, up: np.nda
     plotter.renderer.reset_camera_clipping_range()
 
 
+def _prefer_egl_without_display() -> None:
+    """With no display on Linux, let VTK render through EGL directly.
+
+    VTK otherwise tries X first and prints "bad X server connection" on every render before falling
+    back to EGL, which reads like an error. Only done when libEGL exists and the user has not chosen.
+    """
+    import ctypes.util
+
+    if (sys.platform.startswith("linux") and not has_display()
+            and "VTK_DEFAULT_OPENGL_WINDOW" not in os.environ and ctypes.util.find_library("EGL")):
+        os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = "vtkEGLRenderWindow"
+
+
 def has_display() -> bool:
     """True when a window can be opened (always on Windows and macOS; DISPLAY/WAYLAND_DISPLAY on Linux)."""
     if os.name == "nt" or os.uname().sysname == "Darwin":
@@ -118,6 +132,7 @@ def render_grid(rows: list[Row], columns: list[Column], meshes: dict[str, Mesh],
     The functions of :mod:`surfharm.viz.surface` build the rows. ``cells[j]`` of a row holds the
     values of column ``j``'s hemisphere (length = that mesh's vertex count) or None for an empty panel.
     """
+    _prefer_egl_without_display()
     import pyvista as pv
 
     if not rows or not columns:

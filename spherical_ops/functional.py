@@ -11,10 +11,7 @@ All functions take channels-first tensors ``(B, C, V)`` like the layers.
 """
 from __future__ import annotations
 
-import os
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,54 +20,11 @@ from torch.autograd.function import once_differentiable
 
 #: Vertices per tile on CPU: the gathered tile (TILE * 7 * C floats) then fits in L2/L3 cache.
 CPU_TILE = 4096
-#: Threads that share the tiles on CPU (None: torch.get_num_threads()).
-CPU_WORKERS: int | None = None
 
 
 def _tile_size(device: torch.device, n: int) -> int:
     # GPUs prefer one large launch; the caching allocator makes the big temporary cheap there.
     return n if device.type != "cpu" else min(n, CPU_TILE)
-
-
-# Tiles run on a few Python threads (torch releases the GIL inside its kernels). A tile's gather and
-# scatter are too small for torch's own intra-op parallelism, so without this they use one core.
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _reset_pool_after_fork() -> None:
-    # Threads do not survive fork(): a child (DataLoader worker, torchrun process) starts a new pool.
-    global _POOL
-    _POOL = None
-
-
-os.register_at_fork(after_in_child=_reset_pool_after_fork)
-
-
-def _run_tiles(work, n_out: int, tile: int, device: torch.device) -> list:
-    """Call ``work(starts)`` on each worker's share of the tile starts; return their results in order.
-
-    Tiles are dealt round-robin to a fixed number of workers, so the summation order (and the
-    floating-point result) does not depend on thread timing.
-    """
-    global _POOL
-    starts = list(range(0, n_out, tile))
-    wanted = CPU_WORKERS or torch.get_num_threads()
-    workers = 1 if device.type != "cpu" else max(1, min(wanted, len(starts)))
-    inference = torch.is_inference_mode_enabled()
-
-    def no_grad_work(share):
-        # Grad and inference modes are per thread: give the workers the caller's.
-        with torch.inference_mode(inference), torch.no_grad():
-            return work(share)
-
-    if workers == 1:
-        return [no_grad_work(starts)]
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spherical_ops")
-        pool = _POOL
-    return list(pool.map(no_grad_work, [starts[i::workers] for i in range(workers)]))
 
 
 class _NeighborhoodConv(torch.autograd.Function):
@@ -90,19 +44,16 @@ class _NeighborhoodConv(torch.autograd.Function):
         tile = _tile_size(x.device, n_out)
         bias_col = None if bias is None else bias.unsqueeze(1)
 
-        def work(starts):
-            buf = x.new_empty(tile * k, c_in)
-            for b in range(batch):
-                for start in starts:
-                    stop = min(n_out, start + tile)
-                    gathered = _gather_tile(x_rows[b], flat_index, start, stop, k, buf)
-                    out = y[b, :, start:stop]
-                    if bias_col is None:
-                        torch.mm(w_rows, gathered.t(), out=out)
-                    else:
-                        torch.addmm(bias_col, w_rows, gathered.t(), out=out)
-
-        _run_tiles(work, n_out, tile, x.device)
+        buf = x.new_empty(tile * k, c_in)
+        for b in range(batch):
+            for start in range(0, n_out, tile):
+                stop = min(n_out, start + tile)
+                gathered = _gather_tile(x_rows[b], flat_index, start, stop, k, buf)
+                out = y[b, :, start:stop]
+                if bias_col is None:
+                    torch.mm(w_rows, gathered.t(), out=out)
+                else:
+                    torch.addmm(bias_col, w_rows, gathered.t(), out=out)
         ctx.save_for_backward(x, weight, flat_index)
         ctx.has_bias = bias is not None
         ctx.ring_size = k
@@ -123,32 +74,20 @@ class _NeighborhoodConv(torch.autograd.Function):
         x_rows = x.transpose(1, 2).contiguous() if need_w else None
         tile = _tile_size(x.device, n_out)
 
-        def work(starts):
-            # Each worker accumulates into its own gradients; they are summed below.
-            buf = x.new_empty(tile * k, c_in)
-            grad_buf = x.new_empty(tile, k * c_in) if need_x else None
-            grad_w_rows = torch.zeros_like(w_rows) if need_w else None
-            grad_x_rows = x.new_zeros(batch, n_in, c_in) if need_x else None
-            for b in range(batch):
-                for start in starts:
-                    stop = min(n_out, start + tile)
-                    g_tile = grad_y[b, :, start:stop]                   # (O, T), read in place
-                    if need_w:
-                        gathered = _gather_tile(x_rows[b], flat_index, start, stop, k, buf)
-                        grad_w_rows.addmm_(g_tile, gathered)
-                    if need_x:
-                        g_gathered = torch.mm(g_tile.t(), w_rows, out=grad_buf[: stop - start])
-                        grad_x_rows[b].index_add_(0, flat_index[start * k: stop * k],
-                                                  g_gathered.view(-1, c_in))
-            return grad_w_rows, grad_x_rows
-
-        parts = _run_tiles(work, n_out, tile, x.device)
-        grad_w_rows, grad_x_rows = parts[0]
-        for more_w, more_x in parts[1:]:
-            if need_w:
-                grad_w_rows += more_w
-            if need_x:
-                grad_x_rows += more_x
+        buf = x.new_empty(tile * k, c_in)
+        grad_buf = x.new_empty(tile, k * c_in) if need_x else None
+        grad_w_rows = torch.zeros_like(w_rows) if need_w else None
+        grad_x_rows = x.new_zeros(batch, n_in, c_in) if need_x else None
+        for b in range(batch):
+            for start in range(0, n_out, tile):
+                stop = min(n_out, start + tile)
+                g_tile = grad_y[b, :, start:stop]                       # (O, T), read in place
+                if need_w:
+                    gathered = _gather_tile(x_rows[b], flat_index, start, stop, k, buf)
+                    grad_w_rows.addmm_(g_tile, gathered)
+                if need_x:
+                    g_gathered = torch.mm(g_tile.t(), w_rows, out=grad_buf[: stop - start])
+                    grad_x_rows[b].index_add_(0, flat_index[start * k: stop * k], g_gathered.view(-1, c_in))
         # A transposed view: consumers accept any strides, and a copy would cost a full pass.
         grad_x = grad_x_rows.transpose(1, 2) if need_x else None
         grad_w = grad_w_rows.view(c_out, k, c_in).permute(0, 2, 1).contiguous() if need_w else None

@@ -179,3 +179,17 @@ def test_runner_scenario_plugs_in(tmp_path, monkeypatch):
     assert calls == {"methods": ["zscore"], "seed": 3, "n_sites": 2}
     paths = write_results(result, tmp_path)
     assert "| zscore | 0.900 |" in paths["markdown"].read_text()
+
+
+def test_a_users_cohort_is_benchmarked():
+    from surfharm.evaluate.scenarios import cohort_data
+    from surfharm.simulate import simulate_cohort
+
+    sim = simulate_cohort(preset("quick", level=3, n_per_site=10, n_traveling=0))
+    cohort = sim.to_cohort()
+    cohort.table = cohort.table.drop(columns="female")  # derived again from "sex"
+    data = cohort_data(cohort)
+    assert data.table["female"].isin([0, 1]).all() and data.faces is not None
+    result = run_benchmark(data, [MethodSpec("raw"), MethodSpec("mean-shift")], n_splits=2)
+    assert list(result.table["method"]) == ["raw", "mean-shift"]
+    assert result.table.set_index("method").loc["raw", "site_auroc"] > 0.9

@@ -20,6 +20,7 @@ _EXPORTS = {
     "to_markdown": "benchmark", "write_results": "benchmark",
     "MethodSpec": "methods", "default_methods": "methods",
     "BenchmarkData": "scenarios", "available_scenarios": "scenarios", "register_scenario": "scenarios",
+    "cohort_data": "scenarios", "roi_table_data": "scenarios",
 }
 
 __all__ = sorted(_EXPORTS)

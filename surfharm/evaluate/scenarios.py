@@ -199,6 +199,35 @@ def roi_table_data(path, *, site_column: str = "site", subject_column: str = "su
                                  "n_sites": int(out["site"].nunique())})
 
 
+# -- a user's Cohort (vertex maps or ROIs) --------------------------------------------------------------
+
+def cohort_data(cohort, *, covariate_columns=("age", "female"), age_columns=("age",),
+                sex_column: str | None = "female", name: str = "cohort") -> BenchmarkData:
+    """A :class:`surfharm.cohort.Cohort` as benchmark data (real data: no truth, no traveling subjects).
+
+    A ``female`` column is derived from a ``sex`` column (F/M, female/male, or 0/1) when asked for
+    and missing. Icosahedral maps get SSIM windows from their mesh; ROI cohorts do not need them.
+    """
+    table = cohort.table.copy()
+    if sex_column == "female" and "female" not in table and "sex" in table:
+        raw = table["sex"].astype(str).str.strip().str.lower()
+        table["female"] = raw.map(_FEMALE).where(raw.map(_FEMALE).notna(), pd.to_numeric(raw, errors="coerce"))
+    missing = [c for c in [*covariate_columns, *age_columns] if c not in table]
+    if missing:
+        raise ValueError(f"cohort table lacks covariate column(s) {missing}; columns are {list(table.columns)}")
+    incomplete = table[list(covariate_columns)].isna().any(axis=1)
+    if incomplete.any():
+        raise ValueError(f"cohort table has missing covariates in row(s) {np.flatnonzero(incomplete)[:5].tolist()}; "
+                         "drop those scans (cohort.subset) first")
+    X = np.asarray(cohort.maps)
+    level = cohort.level if cohort.feature_names is None else None
+    faces = np.asarray(icosphere(level).faces) if level is not None else None
+    return BenchmarkData(name=name, X=X, table=table, covariate_columns=list(covariate_columns),
+                         age_columns=list(age_columns), sex_column=sex_column,
+                         faces=faces, mask=np.isfinite(X).all(axis=0) if faces is not None else None,
+                         config={"scenario": "cohort", "name": name, "n_scans": int(X.shape[0])})
+
+
 # -- volumetric (3-D images, scored by surfharm.volumetric) --------------------------------------------
 
 def _run_volumetric(methods, seed: int = 0, **params) -> pd.DataFrame:

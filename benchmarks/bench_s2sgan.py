@@ -58,11 +58,11 @@ def run_evidence(args) -> None:
     data.X = np.where(np.isfinite(data.X), data.X, 0.0).astype(np.float32)
     s2sgan = MethodSpec("s2sgan", options=dict(
         source="B", target="A", depth=args.depth, base_channels=args.base_channels, disc_channels=args.base_channels,
-        max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed))
+        max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, residual=args.residual, seed=args.seed))
     methods = [MethodSpec("raw"), MethodSpec("mean-std"), MethodSpec("combat"), s2sgan]
     print(f"scenario: level {args.level}, {args.n_per_site} scans per site, {args.n_traveling} traveling subjects; "
           f"S2SGAN: {args.steps} steps of batch {args.batch_size}, U-Net depth {args.depth}, "
-          f"{args.base_channels} base channels; {args.splits}-fold CV", flush=True)
+          f"{args.base_channels} base channels, residual {args.residual}; {args.splits}-fold CV", flush=True)
     start = time.perf_counter()
     result = run_benchmark(data, methods, n_splits=args.splits, seed=args.seed,
                            progress=lambda line: print(line, flush=True))
@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
+                        help="generators predict a correction of the input (start as mean/std matching)")
     parser.add_argument("--base-channels", type=int, default=8)
     parser.add_argument("--splits", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from surfharm._atomic import atomic_path, write_text_atomic
+from surfharm.harmonize.base import json_default
 from surfharm.models import (ImagePool, LossWeights, SphericalDiscriminator, SphericalGenerator,
                              correlation_loss, lsgan_loss, masked_l1)
 
@@ -475,7 +476,7 @@ def write_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"model file {path} must end in .safetensors")
-    text = json.dumps(metadata, indent=2, sort_keys=True, default=_json_default)
+    text = json.dumps(metadata, indent=2, sort_keys=True, default=json_default)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={_METADATA_KEY: text})
     write_text_atomic(path.with_suffix(".json"), text + "\n")
@@ -509,10 +510,3 @@ def read_safetensors(path, expected_format: str) -> tuple[dict[str, torch.Tensor
                          f"{surfharm.__version__} (another major version): retrain the model")
     return tensors, meta
 
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"cannot store {type(obj).__name__} in model metadata")

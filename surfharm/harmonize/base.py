@@ -173,7 +173,7 @@ def save_state(path, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) ->
         with open(tmp, "wb") as fh:
             np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
         with zipfile.ZipFile(tmp, "a") as zf:
-            zf.writestr("metadata.json", json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+            zf.writestr("metadata.json", json.dumps(meta, indent=2, sort_keys=True, default=json_default))
     return path
 
 
@@ -195,7 +195,8 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
-def _json_default(obj):
+def json_default(obj):
+    """``json.dumps(default=...)`` for model metadata: numpy scalars and arrays become Python values."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

@@ -13,7 +13,8 @@ smooth term (neuroHarmonize on a subset, extrapolated per feature), and a stream
 float32 np.memmap of 5000 scans x 163842 vertices (3.3 GB on disk).
 
 Run with the benchmark environment, which has the peers:
-    PYTHONPATH=/work/main /work/benchenv/bin/python benchmarks/bench_combat.py
+    pip install -e ".[bench]"   # neuroCombat, neuroHarmonize
+    python benchmarks/bench_combat.py
     ... --quick    (a smaller problem, to check the script)
 """
 from __future__ import annotations

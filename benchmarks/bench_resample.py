@@ -7,7 +7,7 @@ the exact field values for a degree-1 spherical harmonic and a thickness-like sm
 
 Run from the benchmark environment (s3pipe installed); surfharm is imported from this checkout:
 
-    /work/benchenv/bin/python benchmarks/bench_resample.py [--repeats 5] [--peer-repeats 1]
+    python benchmarks/bench_resample.py [--repeats 5] [--peer-repeats 1]     # with s3pipe installed (pip install -e ".[bench]")
 
 Without s3pipe the peer rows are skipped.
 """

@@ -20,7 +20,8 @@ Parts (all by default except ``memory``):
 
 Run the peer comparison in the benchmark environment:
 
-    PYTHONPATH=/work/main /work/benchenv/bin/python benchmarks/bench_volumetric.py
+    pip install intensity-normalization==3.0.1   # the peer, in the benchmark environment
+    python benchmarks/bench_volumetric.py
     python benchmarks/bench_volumetric.py --parts memory --scans 200
 """
 from __future__ import annotations

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+import _common  # noqa: E402,F401  (puts this checkout on sys.path, as for every script here)
+
 
 # -- measurement helpers (run inside each child) ---------------------------------------------------
 

@@ -277,7 +277,7 @@ class CycleGANTrainer:
     def train_step(self) -> dict[str, float]:
         """One optimisation step of generators and discriminators; returns the losses (averaged over
         processes). Raises :class:`TrainingDivergedError` (without stepping) on a non-finite loss."""
-        cfg, w, step = self.config, self.config.weights, self.step
+        w, step = self.config.weights, self.step
         lr = self.lr_at(step)
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:

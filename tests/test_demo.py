@@ -45,10 +45,22 @@ def test_demo_table_shows_the_site_effect_removed_by_combat(demo_run):
     assert (table["tr_mae_target_cortex"] > table["tr_mae_target"]).loc[["raw", "combat"]].all()
 
 
-def test_demo_refuses_a_non_empty_folder(demo_run, capsys):
-    _, out = demo_run
+def test_demo_refuses_a_non_empty_folder_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my own file")
     code = cli.main(["demo", *TINY, "--out", str(out), "--quiet", "--no-s2sgan"])
     assert code == 2 and "not empty" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_demo_run_again_replaces_its_own_previous_output(demo_run, capsys):
+    _, out = demo_run
+    before = (out / "metrics.csv").stat().st_mtime_ns
+    code = cli.main(["demo", *TINY, "--out", str(out), "--quiet", "--no-s2sgan", "--no-render"])
+    assert code == 0
+    assert "replacing the previous demo run" in capsys.readouterr().out
+    assert (out / "metrics.csv").stat().st_mtime_ns > before
 
 
 def test_demo_goes_on_when_s2sgan_cannot_run(tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ examples:
   surfharm demo --out my-demo --overwrite --no-s2sgan
 
 Everything runs on embedded data (nilearn's fsaverage5 + simulation): no download, no GPU.
-Writes into --out (default ./surfharm-demo; an existing non-empty folder is refused unless --overwrite):
+Writes into --out (default ./surfharm-demo). A folder holding an earlier demo run is replaced; any other
+non-empty folder is refused unless --overwrite. It holds:
 report.html (open it in a browser), metrics.csv and benchmark.md (the full table), renderings/*.png,
 models/ (ComBat .npz, S2SGAN .safetensors), table.csv + maps/*.npy (read by 'surfharm report').
 """
@@ -49,7 +50,13 @@ def run(args) -> int:
                "n_splits": args.folds, "s2sgan_steps": 0 if args.no_s2sgan else args.s2sgan_steps}
     settings = replace(settings, seed=args.seed, render=not args.no_render,
                        **{k: v for k, v in changes.items() if v is not None})
-    result = demo.run_demo(args.out, settings, overwrite=args.overwrite, progress=not args.quiet)
+    overwrite = args.overwrite
+    if not overwrite and holds_previous_demo(args.out):
+        # The folder holds this command's own earlier output: re-running the README's first command
+        # replaces it instead of stopping. Any other non-empty folder is still refused.
+        print(f"replacing the previous demo run in {args.out}")
+        overwrite = True
+    result = demo.run_demo(args.out, settings, overwrite=overwrite, progress=not args.quiet)
     print("\n" + demo.summary_table(result["table"]) + "\n")
     if "error" in result["table"].columns:
         for method, error in zip(result["table"]["method"], result["table"]["error"]):
@@ -67,3 +74,16 @@ def run(args) -> int:
         print(f"report: {result['report']} (open it in a browser)")
     print(f"done in {result['seconds']:.0f} s; everything is in {result['out']}")
     return 0
+
+
+def holds_previous_demo(folder) -> bool:
+    """True when ``folder`` holds the output of an earlier ``surfharm demo`` (its run.json says so)."""
+    import json
+    from pathlib import Path
+
+    from surfharm.pipeline.demo import RUN_TITLE
+
+    try:
+        return json.loads((Path(folder) / "run.json").read_text()).get("title") == RUN_TITLE
+    except (OSError, ValueError, AttributeError):
+        return False

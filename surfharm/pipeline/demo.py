@@ -65,6 +65,10 @@ PRESETS = {
 }
 
 
+#: Title written into the run folder; also how a later run recognises its own earlier output.
+RUN_TITLE = "surfharm demo: infant cohort with a scanner change"
+
+
 def demo_config(settings: DemoSettings):
     """The :class:`surfharm.simulate.SimulationConfig` of the demo (site B is a 2-infant placeholder:
     the simulator asks for two sites; its scans are dropped by :func:`demo_data`)."""
@@ -206,7 +210,7 @@ def run_demo(out, settings: DemoSettings = PRESETS["full"], *, overwrite: bool =
               "methods": [vars(s) | {"options": {k: v for k, v in s.options.items() if k != "progress"}}
                           for s in specs]}
     outputs.write_run_folder(out, cohort, shown_maps, metrics_table=table, config=config,
-                             title="surfharm demo: infant cohort with a scanner change", command=command)
+                             title=RUN_TITLE, command=command)
     from surfharm._atomic import write_text_atomic
     from surfharm.evaluate.benchmark import to_markdown
 

@@ -111,6 +111,22 @@ class Harmonizer(ABC):
 
 # -- validation helpers shared by all harmonizers -----------------------------------------------------
 
+def check_matrix_shape(X, *, name: str = "X", allow_bool: bool = True) -> np.ndarray:
+    """Return ``X`` as a 2-D numeric array without copying or reading it (a np.memmap stays one).
+
+    Raises :class:`HarmonizerInputError` naming the dtype or shape when ``X`` is not numeric or not
+    (n_scans, n_features).
+    """
+    arr = X if isinstance(X, np.ndarray) else np.asarray(X)
+    if arr.dtype.kind not in ("fiub" if allow_bool else "fiu"):
+        raise HarmonizerInputError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise HarmonizerInputError(
+            f"{name} must be 2-D (n_scans, n_features), got shape {arr.shape}; "
+            "reshape a single feature with X[:, None] or a single scan with X[None, :]")
+    return arr
+
+
 def check_data(X, *, name: str = "X", dtype=None, allow_nan: bool = True) -> np.ndarray:
     """Return ``X`` as a 2-D float array (n_scans, n_features).
 
@@ -118,13 +134,7 @@ def check_data(X, *, name: str = "X", dtype=None, allow_nan: bool = True) -> np.
     when ``allow_nan`` is False. ``dtype`` None keeps float32/float64 and casts anything else to
     float64.
     """
-    arr = np.asarray(X)
-    if arr.dtype.kind not in "fiub":
-        raise HarmonizerInputError(f"{name} must be numeric, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise HarmonizerInputError(
-            f"{name} must be 2-D (n_scans, n_features), got shape {arr.shape}; "
-            "reshape a single feature with X[:, None] or a single scan with X[None, :]")
+    arr = check_matrix_shape(X, name=name)
     if dtype is None:
         dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
     arr = arr.astype(dtype, copy=False)

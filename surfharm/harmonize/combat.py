@@ -32,6 +32,8 @@ from surfharm.harmonize import _design, _eb, _np_eb
 from surfharm.harmonize.base import (
     Harmonizer,
     HarmonizerInputError,
+    check_matrix_shape,
+    check_sites,
     load_state,
     register,
     save_state,
@@ -99,7 +101,7 @@ class ComBat(Harmonizer):
             raise TypeError(f"ComBat.fit got unexpected arguments {sorted(kwargs)}")
         X = _check_matrix(X)
         n_scans, n_features = X.shape
-        sites = _check_sites(sites, n_scans)
+        sites = check_sites(sites, n_scans)
         self._fit_design(sites, covariates, n_scans)
         counts = _scan_pass(X, self._site_design, self._first_pass_design())
         self._check_site_sizes(counts)
@@ -261,7 +263,7 @@ class ComBat(Harmonizer):
             raise HarmonizerInputError(
                 f"X has {X.shape[1]} features but the model was fitted on {self.n_features_in_}; "
                 "use the same vertices/ROIs, in the same order")
-        sites = _check_sites(sites, X.shape[0])
+        sites = check_sites(sites, X.shape[0])
         codes = _design.site_codes(sites, self.sites_)
         cov = self.encoder_.transform(covariates, X.shape[0])
         offset = self._scan_offsets(X, codes, cov, **kwargs)
@@ -469,23 +471,10 @@ def _chunks(X, scans=None, columns=None, copy=True):
 
 def _check_matrix(X):
     """A 2-D numeric array (a np.memmap stays a memmap: nothing is loaded here)."""
-    if not isinstance(X, np.ndarray):
-        X = np.asarray(X)
-    if X.dtype.kind not in "fiu":
-        raise HarmonizerInputError(f"X must be numeric, got dtype {X.dtype}")
-    if X.ndim != 2:
-        raise HarmonizerInputError(
-            f"X must be 2-D (n_scans, n_features), got shape {X.shape}; "
-            "reshape a single feature with X[:, None] or a single scan with X[None, :]")
+    X = check_matrix_shape(X, allow_bool=False)
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise HarmonizerInputError(f"X is empty (shape {X.shape})")
     return X
-
-
-def _check_sites(sites, n_scans: int) -> np.ndarray:
-    from surfharm.harmonize.base import check_sites
-
-    return check_sites(sites, n_scans)
 
 
 def load_model(path) -> ComBat:

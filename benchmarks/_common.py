@@ -63,9 +63,13 @@ def interleaved_medians(fns: dict, repeats: int, sync=lambda: None) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def run_in_fresh_process(script: str, args: list[str]) -> dict:
-    """Run ``script args`` in a new Python process that prints one JSON line last; return it."""
-    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False)
+def run_in_fresh_process(script: str, args: list[str], env: dict | None = None) -> dict:
+    """Run ``script args`` in a new Python process that prints one JSON line last; return it.
+
+    ``env``: variables added to this process's environment for the child (e.g. malloc settings).
+    """
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False,
+                          env=None if env is None else {**os.environ, **env})
     if proc.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -16,7 +16,7 @@ from torch import nn
 
 from spherical_ops import topology
 from spherical_ops.functional import (averaging_matrix, csr_tensor, group_norm_leaky_relu, neighborhood_conv,
-                                      sparse_map)
+                                      sparse_map, transpose_table)
 from spherical_ops.mesh import check_level, n_vertices
 
 __all__ = ["IcoConv", "IcoPool", "IcoUpConv", "IcoUpsample", "IcoUNet", "GroupNormLeakyReLU", "check_input"]
@@ -59,6 +59,13 @@ def _shared_index(kind: str, level: int) -> torch.Tensor:
     tables = {"ring1": topology.neighbors_1ring, "ring2": topology.neighbors_2ring,
               "pool": topology.pooling_index}
     return torch.from_numpy(np.ascontiguousarray(tables[kind](level), dtype=np.int32))
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_transpose(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reverse, extras) of :func:`~spherical_ops.functional.transpose_table` for a ring table."""
+    reverse, extras = transpose_table(_shared_index(kind, level).numpy(), n_vertices(level))
+    return torch.from_numpy(reverse), torch.from_numpy(extras)
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,6 +121,9 @@ class IcoConv(nn.Module):
         index = _shared_index("ring1" if ring == 1 else "ring2", self.level)
         self.kernel_size = index.shape[1]
         self.register_buffer("index", index, persistent=False)
+        reverse, extras = _shared_transpose("ring1" if ring == 1 else "ring2", self.level)
+        self.register_buffer("reverse_index", reverse, persistent=False)
+        self.register_buffer("reverse_extras", extras, persistent=False)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
@@ -128,7 +138,8 @@ class IcoConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.level, "IcoConv")
         return neighborhood_conv(x, self.weight.to(x.dtype),
-                                 None if self.bias is None else self.bias.to(x.dtype), self.index)
+                                 None if self.bias is None else self.bias.to(x.dtype), self.index,
+                                 transpose=(self.reverse_index, self.reverse_extras))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, level={self.level}, ring={self.ring}, "

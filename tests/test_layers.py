@@ -96,6 +96,38 @@ def test_ico_conv_tiles_match_one_shot(monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("ring", [1, 2])
+def test_transpose_table_lists_every_slot_once(ring):
+    """reverse + extras hold exactly the (u, k, v) triples of the table, each once."""
+    from spherical_ops import topology
+    from spherical_ops.functional import transpose_table
+    index = (topology.neighbors_1ring if ring == 1 else topology.neighbors_2ring)(3)
+    n, k = index.shape
+    reverse, extras = transpose_table(index, n)
+    assert reverse.shape == (n, k) and extras.shape[1] == 3
+    u, slot = np.nonzero(reverse < n)
+    found = set(zip(u.tolist(), slot.tolist(), reverse[u, slot].tolist())) | set(map(tuple, extras.tolist()))
+    expected = {(int(index[v, s]), s, v) for v in range(n) for s in range(k)}
+    assert found == expected
+    assert len(u) + len(extras) == n * k                      # no triple listed twice
+    assert len(extras) > 0                                    # the extras path is exercised at level 3
+
+
+@pytest.mark.parametrize("ring", [1, 2])
+def test_conv_gradient_by_gather_equals_scatter(ring):
+    """The input gradient through the transpose table equals the index_add_ fallback (B = 2)."""
+    from spherical_ops.functional import neighborhood_conv
+    torch.manual_seed(3)
+    conv = IcoConv(3, 4, 3, ring=ring)
+    x = torch.randn(2, 3, so.n_vertices(3), requires_grad=True)
+    transpose = (conv.reverse_index, conv.reverse_extras)
+    y1, g1 = grads(lambda: neighborhood_conv(x, conv.weight, conv.bias, conv.index, transpose), x, conv.weight)
+    y2, g2 = grads(lambda: neighborhood_conv(x, conv.weight, conv.bias, conv.index), x, conv.weight)
+    torch.testing.assert_close(y1, y2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("level", [1, 2, 3])
 @pytest.mark.parametrize("mode", ["mean", "max"])
 def test_ico_pool_matches_loop_reference(level, mode):
@@ -267,3 +299,12 @@ def test_fused_group_norm_leaky_relu_equals_the_separate_modules(groups, channel
     torch.testing.assert_close(y_fused, y_plain)
     for a, b in zip(g_fused, g_plain):
         torch.testing.assert_close(a, b)
+
+
+def test_malloc_mmap_threshold_is_set_and_checked():
+    import platform
+    assert so.set_malloc_mmap_threshold(1 << 20) is (platform.libc_ver()[0] == "glibc")
+    with pytest.raises(ValueError, match="32 MiB"):
+        so.set_malloc_mmap_threshold(1 << 30)
+    with pytest.raises(ValueError, match="between 0"):
+        so.set_malloc_mmap_threshold(-1)

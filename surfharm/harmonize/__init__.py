@@ -11,7 +11,14 @@ from surfharm.harmonize import baselines  # noqa: F401  (registers raw, mean-shi
 
 from surfharm.harmonize.combat import ComBat  # noqa: E402  (registers "combat")
 from surfharm.harmonize.longitudinal import LongComBat  # noqa: E402  (registers "combat-long")
-from surfharm.harmonize.s2sgan import S2SGAN  # noqa: E402  (registers "s2sgan")
 import surfharm.volumetric  # noqa: E402,F401  (registers the volumetric methods)
 
 __all__ = ["ComBat", "S2SGAN", "Harmonizer", "LongComBat", "HarmonizerInputError", "NotFittedError", "available", "get", "register"]
+
+
+def __getattr__(name):
+    # S2SGAN needs torch (seconds to import): loaded on first use, so ComBat-only work stays light.
+    if name == "S2SGAN":
+        from surfharm.harmonize.s2sgan import S2SGAN
+        return S2SGAN
+    raise AttributeError(f"module 'surfharm.harmonize' has no attribute {name!r}")

@@ -31,6 +31,8 @@ from surfharm._atomic import atomic_path
 STATE_FORMAT_VERSION = 1
 
 _REGISTRY: dict[str, type["Harmonizer"]] = {}
+#: Built-in harmonizers whose modules load torch (seconds): imported the first time they are asked for.
+_LAZY: dict[str, str] = {"s2sgan": "surfharm.harmonize.s2sgan"}
 
 
 class NotFittedError(RuntimeError):
@@ -57,16 +59,20 @@ def register(name: str) -> Callable[[type["Harmonizer"]], type["Harmonizer"]]:
 def get(name: str) -> type["Harmonizer"]:
     """Return the harmonizer class registered as ``name``; the error lists the known names."""
     _import_builtin_harmonizers()
+    if name not in _REGISTRY and name in _LAZY:
+        import importlib
+
+        importlib.import_module(_LAZY[name])
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown harmonizer {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+        raise KeyError(f"unknown harmonizer {name!r}; available: {', '.join(available())}") from None
 
 
 def available() -> list[str]:
     """Names of every registered harmonizer, sorted."""
     _import_builtin_harmonizers()
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_LAZY))
 
 
 def _import_builtin_harmonizers() -> None:

@@ -185,9 +185,10 @@ def main() -> int:
 
     if not args.no_memory:
         # Peak RSS on glibc depends on the allocator as much as on the code: with its default dynamic
-        # mmap threshold, freed tensors of a few MB stay in the heap and fragment it. On CPU each case
-        # runs under the default and, for both packages alike, with the threshold fixed at 1 MiB
-        # (what ``spherical_ops.set_malloc_mmap_threshold`` does and the ``surfharm`` command sets).
+        # mmap threshold, freed tensors of a few MB stay in the heap and fragment it (the peak varies by
+        # +-50 MB from run to run). On CPU each case also runs, for both packages alike, with the
+        # threshold fixed at 1 MiB: the peak then follows the live tensors (and is repeatable), at the
+        # cost of a page fault on every large allocation (about 10x more faults, a slower step).
         policies = {"": None} if args.device == "cuda" else {
             " (glibc default)": None, " (mmap threshold 1 MiB)": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}}
         for case, label in (("conv", "IcoConv"), ("train", "U-Net training step"), ("inference", "U-Net inference")):

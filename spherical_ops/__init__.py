@@ -15,13 +15,12 @@ from spherical_ops.mesh import (
     n_vertices,
     upsample_parents,
 )
-from spherical_ops.memory import set_malloc_mmap_threshold
 
 _LAYERS = ("IcoConv", "IcoPool", "IcoUNet", "IcoUpConv", "IcoUpsample", "GroupNormLeakyReLU")
 
 __all__ = [
     "MAX_LEVEL", "VERTEX_COUNTS", "IcoSphere", "icosphere", "level_of", "n_faces", "n_vertices",
-    "upsample_parents", "topology", "set_malloc_mmap_threshold", *_LAYERS,
+    "upsample_parents", "topology", *_LAYERS,
 ]
 
 

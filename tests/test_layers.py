@@ -300,11 +300,3 @@ def test_fused_group_norm_leaky_relu_equals_the_separate_modules(groups, channel
     for a, b in zip(g_fused, g_plain):
         torch.testing.assert_close(a, b)
 
-
-def test_malloc_mmap_threshold_is_set_and_checked():
-    import platform
-    assert so.set_malloc_mmap_threshold(1 << 20) is (platform.libc_ver()[0] == "glibc")
-    with pytest.raises(ValueError, match="32 MiB"):
-        so.set_malloc_mmap_threshold(1 << 30)
-    with pytest.raises(ValueError, match="between 0"):
-        so.set_malloc_mmap_threshold(-1)

@@ -50,9 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    # The command owns its process: keep freed activation buffers from piling up in the heap.
-    from spherical_ops import set_malloc_mmap_threshold
-    set_malloc_mmap_threshold()
     try:
         return int(args.func(args) or 0)
     except (CLIError, FileNotFoundError, ValueError, KeyError) as exc:

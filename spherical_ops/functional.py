@@ -111,10 +111,15 @@ def _transposed_conv(grad_y, weight, flat_index, k, n_in, reverse, extras):
         g_rows[:, n_out].zero_()
         grad_x = grad_y.new_empty(batch, c_in, n_in)
         _conv_tiles(g_rows, _slot_major(weight.transpose(0, 1)), reverse, k, grad_x)
-        if extras.numel():
-            u, slot, v = extras[:, 0], extras[:, 1], extras[:, 2]
-            contrib = torch.einsum("bno,noc->bcn", g_rows[:, v], weight.permute(2, 0, 1)[slot])
-            grad_x.index_add_(2, u, contrib)
+        # The few slots used by more than one vertex, slot by slot (extras are sorted by slot).
+        counts = torch.bincount(extras[:, 1], minlength=k).tolist() if extras.numel() else []
+        start = 0
+        for slot, count in enumerate(counts):
+            if count:
+                u, v = extras[start:start + count, 0], extras[start:start + count, 2]
+                for b in range(batch):
+                    grad_x[b].index_add_(1, u, torch.mm(weight[:, :, slot].t(), g_rows[b, v].t()))
+                start += count
         return grad_x
     w_rows = _slot_major(weight)
     tile = _tile_size(grad_y.device, n_out)

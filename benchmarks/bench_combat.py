@@ -9,8 +9,9 @@ disturb less) and the ratios peer / surfharm.
 
 Also measured: non-parametric EB (surfharm at full size with its error against the exact sum on a
 probe of features; neuroCombat on a subset, extrapolated by its quadratic cost), ComBat-GAM with one
-smooth term (neuroHarmonize on a subset, extrapolated per feature), and a streamed fit over a
-float32 np.memmap of 5000 scans x 163842 vertices (3.3 GB on disk).
+smooth term (neuroHarmonize on a subset, extrapolated per feature), a streamed fit over a
+float32 np.memmap of 5000 scans x 163842 vertices (3.3 GB on disk), and longitudinal ComBat with a
+subject random intercept and slope on time (200 scans of 60 subjects; no peer runs at this size).
 
 Run with the benchmark environment, which has the peers:
     pip install -e ".[bench]"   # neuroCombat, neuroHarmonize
@@ -99,6 +100,7 @@ def run_child(name: str, args) -> dict:
 
     dtype = np.float32 if args.dtype == "float32" else np.float64
     # Import everything before measuring: import time and library memory are not the method's.
+    import sklearn.preprocessing  # noqa: F401  (the spline basis of smooth terms)
     import surfharm.harmonize  # noqa: F401
     import torch  # noqa: F401
     if "neurocombat" in name:
@@ -107,6 +109,8 @@ def run_child(name: str, args) -> dict:
         import neuroHarmonize  # noqa: F401
     if name == "surfharm-stream":
         return _stream_child(args)
+    if name == "surfharm-long-slope":
+        return _long_slope_child(args)
     n_features = args.features
     if name == "neurocombat-np-subset":
         n_features = args.np_subset
@@ -122,7 +126,10 @@ def run_child(name: str, args) -> dict:
     before = _status_kib("VmRSS") * 1024
     before_anon = _status_kib("RssAnon") * 1024
     times, cpu, extra = [], [], {}
+    model = None
     for _ in range(args.repeats):
+        model = None  # the previous repeat's model is not part of this one's memory
+        gc.collect()
         with PeakMemory() as peak:
             start, start_cpu = time.perf_counter(), time.process_time()
             if name.startswith("surfharm"):
@@ -202,6 +209,50 @@ def _stream_child(args) -> dict:
             "anon_before": before_anon, "peak_anon": peak.anon}
 
 
+def make_longitudinal(n_scans: int, n_features: int, n_subjects: int = 60, seed: int = 0):
+    """Repeated scans: each subject's own intercept and slope on time, 4 sites with location shifts."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    visits = np.full(n_subjects, n_scans // n_subjects)
+    visits[: n_scans - visits.sum()] += 1
+    subjects = np.repeat([f"sub{i:03d}" for i in range(n_subjects)], visits)
+    codes = pd.factorize(subjects)[0]
+    time = np.concatenate([np.sort(rng.uniform(0, 5, v)) for v in visits])
+    sites = np.array(["site0", "site1", "site2", "site3"])[rng.integers(0, 4, n_scans)]
+    X = np.empty((n_scans, n_features))
+    for start in range(0, n_features, 16384):
+        stop = min(n_features, start + 16384)
+        b0 = rng.normal(0, 0.2, (n_subjects, stop - start))
+        b1 = rng.normal(0, 0.05, (n_subjects, stop - start))
+        X[:, start:stop] = (2.5 - 0.02 * time[:, None] + b0[codes] + b1[codes] * time[:, None]
+                            + rng.normal(0, 0.1, (n_scans, stop - start)))
+    X += rng.normal(0, 0.1, (4, n_features))[pd.factorize(sites, sort=True)[0]]
+    covariates = pd.DataFrame({"time": time, "sex": np.repeat(rng.choice(["F", "M"], n_subjects), visits)})
+    return X, sites, covariates, subjects
+
+
+def _long_slope_child(args) -> dict:
+    import gc
+
+    from surfharm.harmonize import LongComBat
+
+    X, sites, covariates, subjects = make_longitudinal(args.scans, args.features)
+    gc.collect()
+    before = _status_kib("VmRSS") * 1024
+    before_anon = _status_kib("RssAnon") * 1024
+    with PeakMemory() as peak:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        model = LongComBat(random_slope="time").fit(X, sites, covariates, subjects=subjects)
+        model.transform(X, sites, covariates, subjects=subjects)
+        elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    steps = model.em_iterations_
+    return {"name": "surfharm-long-slope", "dtype": "float64", "features": args.features, "scans": args.scans,
+            "times": [elapsed], "cpu": [elapsed_cpu], "input_bytes": int(X.nbytes), "rss_before": before,
+            "peak_rss": peak.rss, "anon_before": before_anon, "peak_anon": peak.anon,
+            "em_steps": [float(np.median(steps)), float(np.percentile(steps, 99)), int(steps.max())]}
+
+
 # -- the parent: spawn, collect, report ---------------------------------------------------------------
 
 def spawn(name: str, args, dtype: str, repeats: int) -> dict | None:
@@ -226,6 +277,9 @@ def _print_row(r: dict) -> None:
     line = (f"  {r['name']:<26} {r['dtype']:<8} {r['scans']:>5} x {r['features']:<7} median {med:8.2f} s "
             f"(CPU {cpu:7.2f} s, n={len(r['times'])})  peak RSS {r['peak_rss'] / 2**30:5.2f} GB  above input "
             f"{above:4.2f}x (anonymous {above_anon:4.2f}x) of {r['input_bytes'] / 2**20:.0f} MB")
+    if "em_steps" in r:
+        line += (f"\n      SQUAREM-EM cycles per feature: median {r['em_steps'][0]:.0f}, 99th percentile "
+                 f"{r['em_steps'][1]:.0f}, max {r['em_steps'][2]}")
     if "np_max_error_std_units" in r:
         line += (f"\n      non-parametric EB vs exact sum on {r['np_probe']} features x 4 sites: max error "
                  f"{r['np_max_error_std_units']:.2e} (standardised), {r['np_max_error_data_units']:.2e} (data units); "
@@ -255,7 +309,7 @@ def main() -> int:
     parser.add_argument("--probe", type=int, default=500, help="features checked against the exact sum")
     parser.add_argument("--stream-scans", type=int, default=5000)
     parser.add_argument("--stream-file", default=None)
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: param,peers,np,gam,stream")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: param,peers,np,gam,stream,long")
     parser.add_argument("--quick", action="store_true", help="10242 features, 1000 streamed scans")
     args = parser.parse_args()
     if args.child:
@@ -300,6 +354,9 @@ def main() -> int:
                 print(f"    neuroHarmonize GAM: {per_feature:.3f} s per feature, extrapolated to {args.features}: "
                       f"{per_feature * args.features / 3600:.1f} h = "
                       f"{per_feature * args.features / statistics.median(ours['times']):.0f}x surfharm")
+    if "long" not in skip:
+        print("longitudinal ComBat, random intercept and slope on time (60 subjects), float64, fit + transform:")
+        spawn("surfharm-long-slope", args, "float64", 1)
     if "stream" not in skip:
         print(f"streamed fit over a float32 memmap, {args.stream_scans} scans x {args.features}:")
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:

@@ -104,6 +104,29 @@ def test_streamed_fit_over_a_memmap_equals_the_in_memory_fit(tmp_path, monkeypat
     assert np.allclose(out, in_memory.transform(X.astype(np.float32), sites, cov), equal_nan=True, atol=1e-6)
 
 
+def test_feature_blocks_and_tiles_give_the_one_block_result(monkeypatch):
+    import surfharm.harmonize.combat as combat_module
+
+    X, sites, cov = _cohort(n_features=50)
+    X[5, 3] = X[7, 30] = X[8, 31] = np.nan     # missing values in several feature blocks
+    X[:, 12] = 2.0                              # a constant feature inside a block
+    X[:, 40] = np.nan                           # an all-missing feature
+    whole = ComBat(reference_site="s2").fit(X, sites, cov)
+    expected = whole.transform(X, sites, cov)
+    # blocks of 8 features read in tiles of 3 scans: borders everywhere
+    monkeypatch.setattr(combat_module, "FEATURE_BLOCK", 8)
+    monkeypatch.setattr(combat_module, "CHUNK_BYTES", 8 * 8 * 3)
+    blocked = ComBat(reference_site="s2").fit(X, sites, cov)
+    for name in ("gamma_star_", "delta_star_", "gamma_hat_", "delta_hat_", "var_pooled_", "grand_mean_",
+                 "covariate_coef_", "unchanged_"):
+        assert np.allclose(getattr(blocked, name), getattr(whole, name), rtol=1e-12, atol=1e-12, equal_nan=True), name
+    out = blocked.transform(X, sites, cov)
+    assert np.allclose(out, expected, rtol=0, atol=1e-12, equal_nan=True)
+    assert np.array_equal(out[sites == "s2"], X[sites == "s2"], equal_nan=True)
+    assert np.array_equal(out[:, 12], X[:, 12]) and np.isnan(out[:, 40]).all()
+    assert np.isnan(out[5, 3]) and np.isfinite(np.delete(out[:, 3], 5)).all()
+
+
 def test_float32_in_float32_out():
     X, sites, cov = _cohort()
     out = ComBat().fit_transform(X.astype(np.float32), sites, cov)

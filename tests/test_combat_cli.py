@@ -88,3 +88,41 @@ def test_clear_errors(roi_inputs, capsys):
                  "--output", str(folder / "." / "thickness.tsv")])
     assert code == 2 and "one of the inputs" in capsys.readouterr().err
     assert (folder / "thickness.tsv").read_bytes() == before
+
+
+def test_longitudinal_fit_with_a_random_slope_matches_the_python_api(tmp_path):
+    from surfharm.harmonize import LongComBat
+
+    rng = np.random.default_rng(0)
+    n_subjects, n_rois = 30, 6
+    visits = rng.integers(2, 5, n_subjects)
+    subjects = np.repeat([f"sub{i:02d}" for i in range(n_subjects)], visits)
+    session = np.concatenate([np.arange(v) for v in visits])
+    years = session + rng.uniform(-0.1, 0.1, session.size)
+    site = np.where(session >= 2, "B", "A")
+    codes = pd.factorize(subjects)[0]
+    rois = [f"roi{k}_thickness" for k in range(n_rois)]
+    maps = (2.5 + rng.normal(0, 0.2, (n_subjects, n_rois))[codes]
+            + rng.normal(0, 0.05, (n_subjects, n_rois))[codes] * years[:, None]
+            + rng.normal(0, 0.05, (subjects.size, n_rois)) + 0.2 * (site == "B")[:, None])
+    table = pd.DataFrame({"subject": subjects, "session": [f"ses{v}" for v in session], "site": site, "years": years})
+    table[["subject", "session"]].join(pd.DataFrame(maps, columns=rois)).to_csv(tmp_path / "thickness.csv", index=False)
+    table.to_csv(tmp_path / "participants.csv", index=False)
+    inputs = ["--roi-table", str(tmp_path / "thickness.csv"), "--participants", str(tmp_path / "participants.csv")]
+    out = tmp_path / "harmonized.csv"
+    code = main(["combat", "fit", *inputs, "--longitudinal", "--random-slope", "years",
+                 "--model", str(tmp_path / "m.npz"), "--output", str(out)])
+    assert code == 0
+    expected = LongComBat(random_slope="years").fit_transform(maps.astype(np.float32), site, table[["years"]],
+                                                            subjects=subjects)
+    assert np.allclose(pd.read_csv(out)[rois].to_numpy(), expected, atol=1e-4)
+    again = tmp_path / "applied.csv"
+    assert main(["combat", "apply", "--model", str(tmp_path / "m.npz"), *inputs, "--output", str(again)]) == 0
+    assert np.allclose(pd.read_csv(again)[rois].to_numpy(), expected, atol=1e-4)
+
+
+def test_random_slope_needs_longitudinal(roi_inputs, capsys):
+    folder, _, _ = roi_inputs
+    code = main(["combat", "fit", "--roi-table", str(folder / "thickness.tsv"), "--participants",
+                 str(folder / "participants.csv"), "--random-slope", "age", "--model", str(folder / "m.npz")])
+    assert code == 2 and "--random-slope needs --longitudinal" in capsys.readouterr().err

@@ -22,6 +22,10 @@ examples:
   # longitudinal cohort (repeated scans): subject random intercept
   surfharm combat fit --roi-table thickness.csv --keep age --longitudinal --model long.npz --output out.csv
 
+  # ... and a random slope on time for each subject (its own rate of change is kept)
+  surfharm combat fit --roi-table thickness.csv --keep age --longitudinal --random-slope age \
+      --model long_slope.npz --output out.csv
+
 Sites come from the table's 'site' column (or --site-column; for an FSGD without one, its class).
 Covariates named by --keep must be columns of the table (FSGD variables or --participants columns).
 Inputs are never overwritten; outputs are written atomically.
@@ -50,6 +54,9 @@ def register(subparsers) -> None:
     fit.add_argument("--mean-only", action="store_true", help="correct the location only (allows one-scan sites)")
     fit.add_argument("--longitudinal", action="store_true",
                      help="repeated scans: subject random intercept (uses the table's subject column)")
+    fit.add_argument("--random-slope", metavar="COLUMN",
+                     help="with --longitudinal: also a random slope per subject on this numeric column "
+                          "(e.g. age or years since baseline); the column is kept as a covariate too")
     fit.set_defaults(func=run_fit)
 
     apply = actions.add_parser("apply", help="harmonize scans with a fitted model",
@@ -104,14 +111,18 @@ def _write(cohort, harmonized, args) -> list:
 def run_fit(args) -> int:
     from surfharm.harmonize import ComBat, LongComBat
 
+    from surfharm.cli import CLIError
+
+    if args.random_slope and not args.longitudinal:
+        raise CLIError("--random-slope needs --longitudinal (a slope per subject needs repeated scans)")
     _check_output(args)
     cohort = _read_cohort(args)
-    missing = [c for c in args.smooth if c not in args.keep]
-    keep = list(args.keep) + missing
+    keep = list(args.keep)
+    keep += [c for c in [*args.smooth, args.random_slope] if c and c not in keep]
     covariates = cohort.covariates(keep) if keep else None
-    cls = LongComBat if args.longitudinal else ComBat
-    model = cls(eb=not args.no_eb, parametric=not args.nonparametric, mean_only=args.mean_only,
-                reference_site=args.reference_site, smooth_terms=tuple(args.smooth), spline_df=args.spline_df)
+    options = dict(eb=not args.no_eb, parametric=not args.nonparametric, mean_only=args.mean_only,
+                   reference_site=args.reference_site, smooth_terms=tuple(args.smooth), spline_df=args.spline_df)
+    model = LongComBat(**options, random_slope=args.random_slope) if args.longitudinal else ComBat(**options)
     extra = {"subjects": cohort.subjects} if args.longitudinal else {}
     model.fit(cohort.maps, cohort.sites, covariates, **extra)
     print(f"fitted {type(model).__name__} on {cohort.n_scans} scans x {cohort.n_features} features, "

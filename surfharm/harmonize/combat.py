@@ -12,8 +12,10 @@ Bayes, parametric or not), and removes them:
     y*_jg = (y_jg - m_jg - sigma_g gamma*_ig) / sqrt(delta*_ig) + m_jg,   m_jg = alpha_g + x_j' beta_g.
 
 Everything the fit needs is a sum over scans (``D'D``, ``D'Y``, per-site sums of residuals and of
-their squares), so ``fit`` reads ``X`` in chunks of scans: a ``np.memmap`` of 5000 scans x 163842
-vertices never has to be in memory. ``transform`` writes its output chunk by chunk as well.
+their squares) and, up to empirical Bayes, per feature. So ``fit`` works on one block of features at
+a time, reading it in tiles of scans x features: a ``np.memmap`` of 5000 scans x 163842 vertices never
+has to be in memory, and the only full-width arrays are the fitted parameters. ``transform`` computes
+each tile in float64 and writes it straight into its output (float32 data stay float32 there).
 
 Differences from neuroCombat 0.2.12, on purpose (equal on complete, non-degenerate data):
 NaN values are skipped per feature instead of spreading to every output; a constant feature is
@@ -39,8 +41,10 @@ from surfharm.harmonize.base import (
     save_state,
 )
 
-#: Bytes of float64 working memory per chunk of scans (each pass holds a few such blocks).
-CHUNK_BYTES = 4 * 2**20
+#: Bytes of float64 working memory per tile of scans x features (each pass holds a few such tiles).
+CHUNK_BYTES = 2**20
+#: Features per block: every per-feature statistic is computed one block at a time.
+FEATURE_BLOCK = 16384
 #: Up to this many features, non-parametric EB sums over every pair directly (cheap enough).
 DIRECT_NONPARAMETRIC_MAX = 8192
 
@@ -103,10 +107,8 @@ class ComBat(Harmonizer):
         n_scans, n_features = X.shape
         sites = check_sites(sites, n_scans)
         self._fit_design(sites, covariates, n_scans)
-        counts = _scan_pass(X, self._site_design, self._first_pass_design())
-        self._check_site_sizes(counts)
-        sums = self._location_scale_fit(X, counts)
-        self._fit_site_effects(*sums)
+        self._check_site_sizes()
+        self._fit_site_effects(*self._location_scale_fit(X))
         self.n_features_in_ = n_features
         del self._site_design, self._cov_design  # per-scan design: not part of the model
         return self
@@ -133,7 +135,7 @@ class ComBat(Harmonizer):
                     f"reference_site {self.reference_site!r} is not among the sites {keys}")
             self.reference_index_ = keys.index(str(self.reference_site))
 
-    def _check_site_sizes(self, counts: "_Counts") -> None:
+    def _check_site_sizes(self) -> None:
         if self.mean_only:
             return
         small = [str(s) for s, c in zip(self.sites_, self.site_counts_) if c < 2]
@@ -143,47 +145,69 @@ class ComBat(Harmonizer):
                 "from one scan. Use mean_only=True to correct only the location for such sites, merge the site "
                 "with another site of the same scanner, or leave its scans out")
 
-    def _first_pass_design(self):
-        """Design whose cross products with X the first pass accumulates (``[S | C]``)."""
-        return np.hstack([self._site_design, self._cov_design])
+    def _location_scale_fit(self, X):
+        """Pooled least squares and per-site sums of standardised residuals, one block of features at a time.
 
-    def _location_scale_fit(self, X, counts):
-        """Pooled least squares over all features at once; per-site sums of standardised residuals."""
-        S = self._site_design
-        D = self._first_pass_design()
-        n_sites = S.shape[1]
+        Every statistic here is per feature, so each block of FEATURE_BLOCK features is read twice
+        (normal equations, then residual sums) in tiles of about CHUNK_BYTES and finished before
+        the next: the only full-width arrays are the model's own. Returns ``(n, s1, s2)``, (K, G):
+        observed scans, sum and sum of squares of the standardised data per site; ``s1`` and
+        ``s2`` are the buffers that become ``gamma_star_`` and ``delta_star_``.
+        """
+        S, C = self._site_design, self._cov_design
+        D = np.hstack([S, C])
+        n_sites, n_features = S.shape[1], X.shape[1]
         dtd = D.T @ D
-        coef = np.linalg.solve(dtd, counts.dtx)
-        if counts.partial.size:
-            # Features with missing scans: each has its own normal equations over its observed scans.
-            gram = dtd[None] - counts.missing_gram.reshape(-1, *dtd.shape)
-            rhs = counts.dtx[:, counts.partial].T[..., None]
-            coef[:, counts.partial] = (np.linalg.pinv(gram, hermitian=True) @ rhs)[..., 0].T
-        site_coef, self.covariate_coef_ = coef[:n_sites], coef[n_sites:]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pooled_mean = (counts.n_site * site_coef).sum(axis=0) / counts.n_obs
-        if self.reference_index_ is None:
-            self.grand_mean_ = pooled_mean
-        else:
-            self.grand_mean_ = site_coef[self.reference_index_].copy()
+        self.grand_mean_ = np.empty(n_features)
+        self.covariate_coef_ = np.empty((C.shape[1], n_features))
+        self.var_pooled_ = np.empty(n_features)
+        self.unchanged_ = np.empty(n_features, dtype=bool)
+        s1 = np.empty((n_sites, n_features))
+        s2 = np.empty((n_sites, n_features))
+        # Observed scans per site and feature: the site sizes unless values are missing.
+        n_site = np.broadcast_to(self.site_counts_.astype(float)[:, None], (n_sites, n_features))
+        for block in _feature_blocks(n_features):
+            counts = _normal_equations(X, block, S, D)
+            if counts.n_site is not None:
+                if not n_site.flags.writeable:
+                    n_site = np.array(n_site)
+                n_site[:, block] = counts.n_site
+            n_b = n_site[:, block]
+            n_obs = n_b.sum(axis=0)
+            coef = np.linalg.solve(dtd, counts.dtx)
+            if counts.partial.size:
+                # Features with missing scans: each has its own normal equations over its observed scans.
+                gram = dtd[None] - counts.missing_gram
+                rhs = counts.dtx[:, counts.partial].T[..., None]
+                coef[:, counts.partial] = (np.linalg.pinv(gram, hermitian=True) @ rhs)[..., 0].T
+            site_coef = coef[:n_sites]
+            self.covariate_coef_[:, block] = coef[n_sites:]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pooled_mean = (n_b * site_coef).sum(axis=0) / n_obs
+            grand = pooled_mean if self.reference_index_ is None else site_coef[self.reference_index_]
+            self.grand_mean_[block] = grand
 
-        # Second pass: per-site sums of r = x - grand mean - covariate effects, and of r^2.
-        r1, r2 = _site_sums(X, S, self._standard_mean, has_missing=bool((counts.n_obs < X.shape[0]).any()))
-        # Residual sums of squares from those sums: x - D coef = r - c_i at site i, c = site_coef - grand.
-        offsets = np.nan_to_num(site_coef - self.grand_mean_)
-        ss_site = r2 - 2 * offsets * r1 + counts.n_site * offsets**2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var_all = np.maximum(ss_site.sum(axis=0), 0.0) / counts.n_obs
-            var_pooled = var_all
-            if self.reference_index_ is not None:
-                i = self.reference_index_
-                var_ref = np.maximum(ss_site[i], 0.0) / counts.n_site[i]
-                # A feature the reference site does not vary on keeps the all-site variance.
-                var_pooled = np.where(var_ref > 0, var_ref, var_all)
-        constant = _constant_features(X, var_all, pooled_mean)
-        self.unchanged_ = constant | (counts.n_obs == 0) | ~(var_pooled > 0)
-        self.var_pooled_ = np.where(self.unchanged_, 1.0, var_pooled)
-        return counts.n_site, r1 / np.sqrt(self.var_pooled_), r2 / self.var_pooled_
+            # Second read: per-site sums of r = x - grand mean - covariate effects, and of r^2.
+            r1, r2 = _site_sums(X, block, S, C, grand, coef[n_sites:], has_missing=counts.n_site is not None)
+            # Residual sums of squares from those sums: x - D coef = r - c_i at site i, c = site_coef - grand.
+            offsets = np.nan_to_num(site_coef - grand)
+            ss_site = r2 - 2 * offsets * r1 + n_b * offsets**2
+            with np.errstate(invalid="ignore", divide="ignore"):
+                var_all = np.maximum(ss_site.sum(axis=0), 0.0) / n_obs
+                var_pooled = var_all
+                if self.reference_index_ is not None:
+                    i = self.reference_index_
+                    var_ref = np.maximum(ss_site[i], 0.0) / n_b[i]
+                    # A feature the reference site does not vary on keeps the all-site variance.
+                    var_pooled = np.where(var_ref > 0, var_ref, var_all)
+            constant = _constant_features(X, var_all, pooled_mean, start=block.start)
+            unchanged = constant | (n_obs == 0) | ~(var_pooled > 0)
+            var_pooled = np.where(unchanged, 1.0, var_pooled)
+            self.unchanged_[block] = unchanged
+            self.var_pooled_[block] = var_pooled
+            s1[:, block] = r1 / np.sqrt(var_pooled)
+            s2[:, block] = r2 / var_pooled
+        return n_site, s1, s2
 
     def _standard_mean(self, rows) -> np.ndarray:
         """m_jg = alpha_g + x_j' beta_g for the scans ``rows`` of the design being fitted."""
@@ -193,30 +217,33 @@ class ComBat(Harmonizer):
         """Site estimates from per-site sums of the standardised data; then empirical Bayes.
 
         ``n, s1, s2``: (K, G) observed scans, sum and sum of squares of standardised values.
+        ``s1`` and ``s2`` are overwritten, site by site, by ``gamma_star_`` and ``delta_star_``.
         """
         n_sites, n_features = n.shape
-        with np.errstate(invalid="ignore", divide="ignore"):
-            gamma_hat = s1 / n
-            delta_hat = np.where(n >= 2, (s2 - s1 * s1 / n) / (n - 1), np.nan)
-        delta_hat[delta_hat == 0] = 1.0  # as in Johnson et al.: a site without spread is not rescaled
-        if self.mean_only:
-            delta_hat = np.where(n >= 1, 1.0, np.nan)
-        usable = (n >= 1) & ~self.unchanged_[None, :]
-        gamma_hat[~usable] = np.nan
-        delta_hat[~usable] = np.nan
-        gamma_star = np.zeros((n_sites, n_features))
-        delta_star = np.ones((n_sites, n_features))
+        gamma_hat = np.empty((n_sites, n_features))
+        delta_hat = np.empty((n_sites, n_features))
         priors = np.full((4, n_sites), np.nan)
         self.nonparametric_info_ = []
         for i in range(n_sites):
-            ok = usable[i]
+            n_i = n[i]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                gamma_hat[i] = s1[i] / n_i
+                delta_hat[i] = np.where(n_i >= 2, (s2[i] - s1[i] * s1[i] / n_i) / (n_i - 1), np.nan)
+            delta_hat[i, delta_hat[i] == 0] = 1.0  # as in Johnson et al.: a site without spread is not rescaled
+            if self.mean_only:
+                delta_hat[i] = np.where(n_i >= 1, 1.0, np.nan)
+            ok = (n_i >= 1) & ~self.unchanged_
+            gamma_hat[i, ~ok] = np.nan
+            delta_hat[i, ~ok] = np.nan
             if i == self.reference_index_:
-                continue
-            g, d = self._shrink_site(i, n[i, ok], s1[i, ok], s2[i, ok], gamma_hat[i, ok], delta_hat[i, ok], priors)
-            gamma_star[i, ok] = g
-            delta_star[i, ok] = np.where(np.isfinite(d), d, 1.0)
+                g, d = 0.0, 1.0
+            else:
+                g, d = self._shrink_site(i, n_i[ok], s1[i, ok], s2[i, ok], gamma_hat[i, ok], delta_hat[i, ok], priors)
+                d = np.where(np.isfinite(d), d, 1.0)
+            s1[i], s2[i] = 0.0, 1.0
+            s1[i, ok], s2[i, ok] = g, d
         self.gamma_hat_, self.delta_hat_ = gamma_hat, delta_hat
-        self.gamma_star_, self.delta_star_ = gamma_star, delta_star
+        self.gamma_star_, self.delta_star_ = s1, s2
         self.gamma_bar_, self.tau2_, self.a_prior_, self.b_prior_ = priors
 
     def _shrink_site(self, i, n, s1, s2, gamma_hat, delta_hat, priors):
@@ -266,45 +293,51 @@ class ComBat(Harmonizer):
         sites = check_sites(sites, X.shape[0])
         codes = _design.site_codes(sites, self.sites_)
         cov = self.encoder_.transform(covariates, X.shape[0])
-        offset = self._scan_offsets(X, codes, cov, **kwargs)
-        # y* = (y - m - sigma gamma*) / sqrt(delta*) + m = y a + (1 - a) m - sigma gamma* a, a = 1/sqrt(delta*),
-        # site by site so that the site's parameters broadcast over its scans; with m = grand + C B the
-        # covariate part folds into per-site coefficients (1 - a) B.
-        scale = 1.0 / np.sqrt(self.delta_star_)
-        constant_part = (1.0 - scale) * self.grand_mean_ - np.sqrt(self.var_pooled_) * self.gamma_star_ * scale
-        unchanged = np.flatnonzero(self.unchanged_)
+        offset = self._scan_offsets(X, codes, cov, covariates, **kwargs)
         if out is None:
             out = np.empty(X.shape, dtype=X.dtype if X.dtype in (np.float32, np.float64) else np.float64)
         elif out.shape != X.shape:
             raise HarmonizerInputError(f"out has shape {out.shape}; expected X's shape {X.shape}")
-        for site in np.unique(codes):
-            scans = np.flatnonzero(codes == site)
-            if site == self.reference_index_:
-                for rows, chunk in _chunks(X, scans, copy=False):
-                    out[rows] = chunk
-                continue
-            a = scale[site]
-            site_coef = self.covariate_coef_ * (1.0 - a)
-            for rows, chunk in _chunks(X, scans):
+        reference = None if self.reference_index_ is None else codes == self.reference_index_
+        # y* = (y - m - sigma gamma*) / sqrt(delta*) + m = y a + (1 - a) m - sigma gamma* a, a = 1/sqrt(delta*),
+        # with m = grand + C B (+ the scan's own offset); computed in float64 tile by tile, written into out.
+        for block in _feature_blocks(X.shape[1]):
+            scale = 1.0 / np.sqrt(self.delta_star_[:, block])                                   # (K, B)
+            constant_part = (1.0 - scale) * self.grand_mean_[block] - (
+                np.sqrt(self.var_pooled_[block]) * self.gamma_star_[:, block] * scale)
+            coef = self.covariate_coef_[:, block]
+            unchanged = np.flatnonzero(self.unchanged_[block])
+            for rows, tile in _row_blocks(X, block):
+                site = codes[rows]
                 if unchanged.size:
-                    kept = chunk[:, unchanged]
-                chunk *= a
-                chunk += constant_part[site]
-                if site_coef.shape[0]:
-                    chunk += cov[rows] @ site_coef
-                extra = offset(rows)
+                    kept = tile[:, unchanged]
+                if reference is not None and reference[rows].any():
+                    kept_rows = tile[reference[rows]]
+                a = scale[site]
+                mean_part = cov[rows] @ coef if coef.shape[0] else np.zeros((tile.shape[0], 1))
+                extra = offset(rows, block)
                 if not np.isscalar(extra):
-                    chunk += (1.0 - a) * extra
+                    mean_part = mean_part + extra
+                tile *= a
+                tile += constant_part[site]
+                a -= 1.0
+                a *= mean_part
+                tile -= a
                 if unchanged.size:
-                    chunk[:, unchanged] = kept
-                out[rows] = chunk
+                    tile[:, unchanged] = kept
+                if reference is not None and reference[rows].any():
+                    tile[reference[rows]] = kept_rows
+                out[rows, block] = tile
         return out
 
-    def _scan_offsets(self, X, codes, cov, **kwargs):
-        """Scan-specific part of the mean beyond the covariates: none in ComBat (see LongComBat)."""
+    def _scan_offsets(self, X, codes, cov, covariates, **kwargs):
+        """Scan-specific part of the mean beyond the covariates, as ``offset(rows, columns)``.
+
+        None in ComBat (see LongComBat, where it is each subject's predicted intercept or line).
+        """
         if kwargs:
             raise TypeError(f"{type(self).__name__}.transform got unexpected arguments {sorted(kwargs)}")
-        return lambda rows: 0
+        return lambda rows, columns: 0
 
     # -- persistence -------------------------------------------------------------------------------
     _ARRAYS = ("grand_mean_", "covariate_coef_", "var_pooled_", "gamma_hat_", "delta_hat_", "gamma_star_",
@@ -313,12 +346,16 @@ class ComBat(Harmonizer):
     def save(self, path):
         """Write the fitted model to ``path`` (.npz with a JSON member; no pickle). Returns the path."""
         self.check_is_fitted("gamma_star_")
-        arrays = {name: getattr(self, name) for name in self._ARRAYS}
+        arrays = {name: getattr(self, name) for name in self._state_arrays()}
         metadata = {"method": self.registry_name, "class": type(self).__name__, "params": self._json_params(),
                     "sites": list(self.sites_), "n_features": int(self.n_features_in_),
                     "reference_index": self.reference_index_, "covariates": self.encoder_.to_state(),
                     **self._extra_metadata()}
         return save_state(path, arrays, metadata)
+
+    def _state_arrays(self) -> tuple[str, ...]:
+        """Names of the learned arrays that ``save`` writes (may depend on the parameters)."""
+        return self._ARRAYS
 
     def _extra_metadata(self) -> dict[str, Any]:
         return {}
@@ -337,7 +374,7 @@ class ComBat(Harmonizer):
         params = dict(meta["params"])
         params["smooth_terms"] = tuple(params["smooth_terms"])
         model = cls(**params)
-        for name in cls._ARRAYS:
+        for name in model._state_arrays():
             setattr(model, name, arrays[name])
         model.sites_ = list(meta["sites"])
         model.n_features_in_ = int(meta["n_features"])
@@ -352,96 +389,108 @@ class ComBat(Harmonizer):
 
 # -- helpers shared by the passes over the data -------------------------------------------------------
 
-class _Counts:
-    """What the first pass over the data tells.
+def _feature_blocks(n_features: int):
+    """Consecutive slices of at most FEATURE_BLOCK features covering ``range(n_features)``."""
+    for start in range(0, n_features, FEATURE_BLOCK):
+        yield slice(start, min(start + FEATURE_BLOCK, n_features))
 
-    ``n_site`` (K, G) observed (non-NaN) scans per site and feature; ``n_obs`` (G,);
-    ``dtx`` (P, G) design' X with NaN as 0; ``partial`` indices of features missing in some scans and
-    ``missing_gram`` (len(partial), P*P) the design cross products of their missing scans.
+
+def _row_blocks(X, block: slice):
+    """Yield ``(row slice, float64 copy of X[rows, block])`` over all scans, about CHUNK_BYTES per tile.
+
+    The copy is the caller's to modify; a memory map is read one tile at a time.
+    """
+    n_scans = X.shape[0]
+    step = max(1, CHUNK_BYTES // (8 * max(block.stop - block.start, 1)))
+    for start in range(0, n_scans, step):
+        rows = slice(start, min(start + step, n_scans))
+        yield rows, np.array(X[rows, block], dtype=np.float64, copy=True)
+
+
+class _BlockCounts:
+    """What the first read of a block of B features tells.
+
+    ``n_site`` (K, B) observed (non-NaN) scans per site and feature, or None when nothing is missing;
+    ``dtx`` (P, B) design' X with NaN as 0 (None without a design); ``partial`` indices (within the
+    block) of features missing in some scans and observed in others; ``missing_gram``
+    (len(partial), P, P) the design cross products of their missing scans.
     """
 
     def __init__(self, n_site, dtx, partial, missing_gram):
-        self.n_site = n_site
-        self.n_obs = n_site.sum(axis=0)
-        self.dtx = dtx
-        self.partial = partial
-        self.missing_gram = missing_gram
+        self.n_site, self.dtx, self.partial, self.missing_gram = n_site, dtx, partial, missing_gram
 
 
-def _scan_pass(X, site_design: np.ndarray, design: np.ndarray | None) -> _Counts:
-    """Refuse inf; count observed values per site and feature; accumulate design' X (NaN as 0)."""
-    n_scans, n_features = X.shape
-    n_site = np.zeros((site_design.shape[1], n_features))
+def _normal_equations(X, block: slice, site_design: np.ndarray, design: np.ndarray | None) -> _BlockCounts:
+    """Refuse inf; count observed values per site; accumulate design' X (NaN as 0) for one feature block."""
+    width = block.stop - block.start
     n_cols = 0 if design is None else design.shape[1]
-    dtx = np.zeros((n_cols, n_features))
-    outer = None if design is None else np.einsum("ni,nj->nij", design, design).reshape(n_scans, -1)
-    slot = np.full(n_features, -1)      # feature -> row of missing_gram
-    grams: list[np.ndarray] = []
-    n_partial = 0
-    for rows, chunk in _chunks(X, copy=False):
+    dtx = None if design is None else np.zeros((n_cols, width))
+    n_missing = None        # (K, B) missing values per site, once a tile has a NaN
+    missing_gram = None     # (B, P, P) design cross products of each feature's missing scans
+    for rows, tile in _row_blocks(X, block):
         if design is not None:
             with np.errstate(invalid="ignore", over="ignore"):
-                product = design[rows].T @ chunk
-            # NaN and inf reach the product (every design row has a 1): a finite product means a clean chunk.
+                product = design[rows].T @ tile
+            # NaN and inf reach the product (every design row has a 1): a finite product means a clean tile.
             if np.isfinite(product).all():
-                n_site += site_design[rows].sum(axis=0)[:, None]
                 dtx += product
                 continue
-        finite = np.isfinite(chunk)
+        finite = np.isfinite(tile)
         if finite.all():
-            n_site += site_design[rows].sum(axis=0)[:, None]
             if design is not None:
                 dtx += product
             continue
-        if np.isinf(chunk).any():
-            r, c = np.nonzero(np.isinf(chunk))
+        if np.isinf(tile).any():
+            r, c = np.nonzero(np.isinf(tile))
             raise HarmonizerInputError(
-                f"X holds inf at scan {rows[r[0]]}, feature {c[0]}; use NaN for missing values")
-        n_site += site_design[rows].T @ finite
+                f"X holds inf at scan {rows.start + r[0]}, feature {block.start + c[0]}; use NaN for missing values")
+        if n_missing is None:
+            n_missing = np.zeros((site_design.shape[1], width))
+            missing_gram = None if design is None else np.zeros((width, n_cols, n_cols))
+        n_missing += site_design[rows].T @ ~finite
         if design is None:
             continue
-        dtx += design[rows].T @ np.where(finite, chunk, 0.0)
+        dtx += design[rows].T @ np.where(finite, tile, 0.0)
         cols = np.flatnonzero(~finite.all(axis=0))
-        new = cols[slot[cols] < 0]
-        slot[new] = np.arange(n_partial, n_partial + new.size)
-        n_partial += new.size
-        grams.append(np.zeros((new.size, n_cols * n_cols)))
-        gram = np.concatenate(grams) if len(grams) > 1 else grams[0]
-        gram[slot[cols]] += (~finite[:, cols]).T.astype(float) @ outer[rows]
-        grams = [gram]
-    n_obs = n_site.sum(axis=0)
-    partial = np.flatnonzero((slot >= 0) & (n_obs > 0))
-    missing_gram = grams[0][slot[partial]] if grams else np.zeros((0, n_cols * n_cols))
-    return _Counts(n_site, dtx, partial, missing_gram)
+        d = design[rows]
+        missing_gram[cols] += np.einsum("ng,ni,nj->gij", (~finite[:, cols]).astype(float), d, d)
+    if n_missing is None:
+        return _BlockCounts(None, dtx, np.zeros(0, dtype=int), np.zeros((0, n_cols, n_cols)))
+    n_site = site_design.sum(axis=0)[:, None] - n_missing
+    partial = np.flatnonzero((n_missing.sum(axis=0) > 0) & (n_site.sum(axis=0) > 0))
+    return _BlockCounts(n_site, dtx, partial, None if design is None else missing_gram[partial])
 
 
-def _site_sums(X, site_design, standard_mean, has_missing=True):
-    """Per-site sums of r and r^2, r = x - standard_mean(rows) (NaN skipped): two (K, G) arrays."""
-    n_sites, n_features = site_design.shape[1], X.shape[1]
-    r1 = np.zeros((n_sites, n_features))
-    r2 = np.zeros((n_sites, n_features))
-    for rows, chunk in _chunks(X):
-        chunk -= standard_mean(rows)
+def _site_sums(X, block: slice, site_design, cov_design, grand_mean, covariate_coef, has_missing=True):
+    """Per-site sums of r and r^2 over one feature block, r = x - grand - C B (NaN skipped): two (K, B)."""
+    n_sites = site_design.shape[1]
+    r1 = np.zeros((n_sites, block.stop - block.start))
+    r2 = np.zeros_like(r1)
+    for rows, tile in _row_blocks(X, block):
+        tile -= grand_mean
+        if covariate_coef.shape[0]:
+            tile -= cov_design[rows] @ covariate_coef
         if has_missing:
-            chunk[np.isnan(chunk)] = 0.0
-        r1 += site_design[rows].T @ chunk
-        chunk *= chunk
-        r2 += site_design[rows].T @ chunk
+            tile[np.isnan(tile)] = 0.0
+        r1 += site_design[rows].T @ tile
+        tile *= tile
+        r2 += site_design[rows].T @ tile
     return r1, r2
 
 
-def _constant_features(X, var_all, mean) -> np.ndarray:
-    """Features with one value in every observed scan (G,) bool.
+def _constant_features(X, var_all, mean, start: int = 0) -> np.ndarray:
+    """Features with one value in every observed scan: (len(var_all),) bool.
 
-    Only features whose residual variance is zero to rounding are read again to check.
+    ``var_all`` and ``mean`` describe the features ``start, start + 1, ...`` of X. Only features
+    whose residual variance is zero to rounding are read again to check.
     """
     with np.errstate(invalid="ignore"):
         candidates = np.flatnonzero((var_all <= (1e-10 * np.abs(mean)) ** 2) | (var_all == 0))
-    constant = np.zeros(X.shape[1], dtype=bool)
+    constant = np.zeros(var_all.shape[0], dtype=bool)
     if candidates.size:
         low = np.full(candidates.size, np.inf)
         high = np.full(candidates.size, -np.inf)
-        for _, chunk in _chunks(X, columns=candidates):
+        for _, chunk in _chunks(X, columns=candidates + start):
             low = np.fmin(low, np.fmin.reduce(chunk, axis=0))
             high = np.fmax(high, np.fmax.reduce(chunk, axis=0))
         constant[candidates] = high == low

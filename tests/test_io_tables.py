@@ -79,3 +79,13 @@ def test_unparsable_table(tmp_path):
     path.write_text("subject,site\n")
     with pytest.raises(sio.InputTableError, match=r"empty\.csv: table has no rows"):
         sio.read_table(path)
+
+
+def test_descriptor_columns_in_the_roi_table_are_not_rois(tmp_path):
+    """An ENIGMA-style CSV that carries Age and Sex itself: they stay covariates, not ROI features."""
+    path = tmp_path / "rois.csv"
+    pd.DataFrame({"SubjID": ["a", "b"], "Age": [30.5, 41.0], "Sex": [1, 0], "site": ["x", "y"],
+                  "L_bankssts_thickavg": [2.5, 2.6], "R_bankssts_thickavg": [2.4, 2.7]}).to_csv(path, index=False)
+    table, features = sio.read_roi_table(path)
+    assert features == ["L_bankssts_thickavg", "R_bankssts_thickavg"]
+    assert {"Age", "Sex"} <= set(table.columns)

@@ -25,6 +25,9 @@ COLUMN_ALIASES = {
 }
 #: Global columns of ``aparcstats2table``/``asegstats2table`` that are covariates, not ROI features.
 GLOBAL_COLUMNS = ("BrainSegVolNotVent", "eTIV", "EstimatedTotalIntraCranialVol")
+#: Per-scan descriptors that may sit in the ROI table itself; never taken as ROI features (any case).
+DESCRIPTOR_COLUMNS = ("age", "sex", "gender", "time", "visit", "interval", "years", "group", "diagnosis",
+                      "dx", "handedness", "icv", "tiv")
 _ID_COLUMNS = ("subject", "session", "site")
 _STATS_TABLE_SUFFIXES = (".thickness", ".area", ".volume", ".meancurv", ".thicknessstd", ".gauscurv")
 
@@ -121,7 +124,8 @@ def read_roi_table(path: str | os.PathLike, *, covariates: str | os.PathLike | p
 
     ``covariates``: a table (path or DataFrame) joined by subject (and session when both have it).
     ``features``: the ROI columns to keep; default every numeric column that is not an id, a global
-    measure (:data:`GLOBAL_COLUMNS`, kept as covariates) or a covariate column.
+    measure (:data:`GLOBAL_COLUMNS`, kept as covariates), a per-scan descriptor such as age or sex
+    (:data:`DESCRIPTOR_COLUMNS`, any case) or a column of ``covariates``.
 
     Returns:
         ``(table, feature_names)``: one row per scan with id, covariate and feature columns.
@@ -139,7 +143,7 @@ def read_roi_table(path: str | os.PathLike, *, covariates: str | os.PathLike | p
     if features is None:
         features = [c for c in table.columns
                     if c not in _ID_COLUMNS and c not in GLOBAL_COLUMNS and c not in cov_columns
-                    and pd.api.types.is_numeric_dtype(table[c])]
+                    and str(c).lower() not in DESCRIPTOR_COLUMNS and pd.api.types.is_numeric_dtype(table[c])]
     else:
         features = list(features)
         absent = [f for f in features if f not in table.columns]

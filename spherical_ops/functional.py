@@ -48,26 +48,21 @@ class _NeighborhoodConv(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, weight, flat_index, reverse, extras = ctx.saved_tensors
         k = ctx.ring_size
-        batch, c_in, n_in = x.shape
-        n_out = flat_index.numel() // k
-        c_out = weight.shape[0]
+        c_out, c_in = weight.shape[:2]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if grad_y.stride(2) != 1:
             grad_y = grad_y.contiguous()
         grad_x = grad_w = grad_b = None
-        if need_x:
-            grad_x = _transposed_conv(grad_y, weight, flat_index, k, n_in, reverse, extras)
-        if need_w:
-            x_rows = x.transpose(1, 2).contiguous()
-            tile = _tile_size(x.device, n_out)
-            buf = x.new_empty(tile * k, c_in)
-            grad_w_rows = x.new_zeros(c_out, k * c_in)
-            for b in range(batch):
-                for start in range(0, n_out, tile):
-                    stop = min(n_out, start + tile)
-                    gathered = _gather_tile(x_rows[b], flat_index, start, stop, k, buf)
-                    grad_w_rows.addmm_(grad_y[b, :, start:stop], gathered)   # (O, T) read in place
-            grad_w = grad_w_rows.view(c_out, k, c_in).permute(0, 2, 1).contiguous()
+        # With the transpose table both gradients come from one gather of grad_y per input tile; when
+        # only the weight gradient is needed and the input is narrower (a first layer), gathering the
+        # input is cheaper.
+        if reverse is not None and (need_x or (need_w and c_out <= c_in)):
+            grad_x, grad_w = _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need_w)
+        else:
+            if need_x:
+                grad_x = _input_grad_by_scatter(grad_y, weight, flat_index, k, x.shape[2])
+            if need_w:
+                grad_w = _weight_grad_by_output_tiles(x, grad_y, flat_index, k, c_out)
         if need_b and ctx.has_bias:
             grad_b = grad_y.sum((0, 2))
         return grad_x, grad_w, grad_b, None, None, None, None
@@ -94,33 +89,73 @@ def _conv_tiles(src_rows, w_rows, flat_index, k, out, bias_col=None):
                 torch.addmm(bias_col, w_rows, gathered.t(), out=out[b, :, start:stop])
 
 
-def _transposed_conv(grad_y, weight, flat_index, k, n_in, reverse, extras):
-    """Gradient of the input: grad_x[b, c, u] = sum over (v, k) with index[v, k] == u of
-    weight[o, c, k] * grad_y[b, o, v].
+def _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need_w):
+    """Both gradients from the table read backwards (:func:`transpose_table`).
 
-    With a transpose table (:func:`transpose_table`) this is itself a gather convolution (rows are
-    gathered, never scattered: scattering with ``index_add_`` costs 2-3x more per row), plus the
-    few slots that several vertices share. Without one it falls back to ``index_add_``.
+    For an input tile of vertices u, ``H[u, (k, o)] = grad_y[o, v]`` for the vertex v that uses u in
+    slot k (zero if none) is gathered once; then ``grad_x[:, tile] = W'_rows @ H^T`` and
+    ``grad_w += x[:, tile] @ H``, where x's channels-first slice is read in place. Rows are only
+    gathered, never scattered (``index_add_`` costs 2-3x more per row), and the input is neither
+    transposed nor gathered again. The few slots used by several vertices (``extras``) are added
+    slot by slot.
     """
+    batch, c_in, n_in = x.shape
+    c_out, n_out = weight.shape[0], grad_y.shape[2]
+    # Rows of grad_y plus one zero row, the target of slots no vertex uses.
+    g_rows = grad_y.new_empty(batch, n_out + 1, c_out)
+    g_rows[:, :n_out].copy_(grad_y.transpose(1, 2))
+    g_rows[:, n_out].zero_()
+    wt_rows = _slot_major(weight.transpose(0, 1)) if need_x else None          # (C, K*O)
+    grad_x = grad_y.new_empty(batch, c_in, n_in) if need_x else None
+    grad_w_cols = grad_y.new_zeros(c_in, k * c_out) if need_w else None        # (C, K*O)
+    tile = _tile_size(x.device, n_in)
+    buf = grad_y.new_empty(tile * k, c_out)
+    for b in range(batch):
+        for start in range(0, n_in, tile):
+            stop = min(n_in, start + tile)
+            h = _gather_tile(g_rows[b], reverse, start, stop, k, buf)            # (T, K*O)
+            if need_x:
+                torch.mm(wt_rows, h.t(), out=grad_x[b, :, start:stop])
+            if need_w:
+                grad_w_cols.addmm_(x[b, :, start:stop], h)
+    grad_w = grad_w_cols.view(c_in, k, c_out).permute(2, 0, 1).contiguous() if need_w else None
+    # The few slots used by more than one vertex, slot by slot (extras are sorted by slot).
+    counts = torch.bincount(extras[:, 1], minlength=k).tolist() if extras.numel() else []
+    start = 0
+    for slot, count in enumerate(counts):
+        if count:
+            u, v = extras[start:start + count, 0], extras[start:start + count, 2]
+            for b in range(batch):
+                g_extra = g_rows[b, v]                                          # (n, O)
+                if need_x:
+                    grad_x[b].index_add_(1, u, torch.mm(weight[:, :, slot].t(), g_extra.t()))
+                if need_w:
+                    grad_w[:, :, slot].addmm_(g_extra.t(), x[b][:, u].t())
+            start += count
+    return grad_x, grad_w
+
+
+def _weight_grad_by_output_tiles(x, grad_y, flat_index, k, c_out):
+    """grad_w[o, c, k] = sum_{b, v} grad_y[b, o, v] x[b, c, index[v, k]], re-gathering x per tile."""
+    batch, c_in, _ = x.shape
+    n_out = grad_y.shape[2]
+    x_rows = x.transpose(1, 2).contiguous()
+    tile = _tile_size(x.device, n_out)
+    buf = x.new_empty(tile * k, c_in)
+    grad_w_rows = x.new_zeros(c_out, k * c_in)
+    for b in range(batch):
+        for start in range(0, n_out, tile):
+            stop = min(n_out, start + tile)
+            gathered = _gather_tile(x_rows[b], flat_index, start, stop, k, buf)
+            grad_w_rows.addmm_(grad_y[b, :, start:stop], gathered)               # (O, T) read in place
+    return grad_w_rows.view(c_out, k, c_in).permute(0, 2, 1).contiguous()
+
+
+def _input_grad_by_scatter(grad_y, weight, flat_index, k, n_in):
+    """grad_x[b, c, u] = sum over (v, k) with index[v, k] == u of weight[o, c, k] grad_y[b, o, v],
+    scattered with ``index_add_`` (used when no transpose table is given)."""
     batch, c_out, n_out = grad_y.shape
     c_in = weight.shape[1]
-    if reverse is not None:
-        # Rows of grad_y plus one zero row, the target of slots no vertex uses.
-        g_rows = grad_y.new_empty(batch, n_out + 1, c_out)
-        g_rows[:, :n_out].copy_(grad_y.transpose(1, 2))
-        g_rows[:, n_out].zero_()
-        grad_x = grad_y.new_empty(batch, c_in, n_in)
-        _conv_tiles(g_rows, _slot_major(weight.transpose(0, 1)), reverse, k, grad_x)
-        # The few slots used by more than one vertex, slot by slot (extras are sorted by slot).
-        counts = torch.bincount(extras[:, 1], minlength=k).tolist() if extras.numel() else []
-        start = 0
-        for slot, count in enumerate(counts):
-            if count:
-                u, v = extras[start:start + count, 0], extras[start:start + count, 2]
-                for b in range(batch):
-                    grad_x[b].index_add_(1, u, torch.mm(weight[:, :, slot].t(), g_rows[b, v].t()))
-                start += count
-        return grad_x
     w_rows = _slot_major(weight)
     tile = _tile_size(grad_y.device, n_out)
     grad_buf = grad_y.new_empty(tile, k * c_in)

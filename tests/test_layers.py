@@ -128,6 +128,20 @@ def test_conv_gradient_by_gather_equals_scatter(ring):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("c_in, c_out", [(3, 4), (4, 3)])
+def test_conv_weight_gradient_without_input_gradient(c_in, c_out):
+    """A first layer (input without grad) takes either weight-gradient path; both equal the fallback."""
+    from spherical_ops.functional import neighborhood_conv
+    torch.manual_seed(4)
+    conv = IcoConv(c_in, c_out, 3)
+    x = torch.randn(2, c_in, so.n_vertices(3))
+    transpose = (conv.reverse_index, conv.reverse_extras)
+    y1, g1 = grads(lambda: neighborhood_conv(x, conv.weight, conv.bias, conv.index, transpose), conv.weight, conv.bias)
+    y2, g2 = grads(lambda: neighborhood_conv(x, conv.weight, conv.bias, conv.index), conv.weight, conv.bias)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("level", [1, 2, 3])
 @pytest.mark.parametrize("mode", ["mean", "max"])
 def test_ico_pool_matches_loop_reference(level, mode):

@@ -14,12 +14,11 @@ directions are run in turn (``--target``):
 Every method runs through the common benchmark runner (:func:`surfharm.evaluate.run_benchmark`: fit
 on the study scans, leakage-safe cross-validation for site AUROC and age prediction, traveling
 subjects held out of every fit) and the table is printed per direction. S2SGAN's settings are not
-tuned on the traveling subjects: the authors' loss weights, a small generator for a CPU, 250 steps at
-learning rate 5e-4. The README's tables come from the default command (level 4; A -> B took
-1602 s, B -> A 579 s on 2 shared cores); in both directions the trained generators stay close to
-their start, per-vertex z-score matching onto the target (see the README).
+tuned on the traveling subjects: the authors' generator (a full U-Net) and loss weights, a small
+generator for a CPU, 250 steps at learning rate 5e-4. The README's tables come from the default
+command (level 4; A -> B took 147 s with nothing else running, B -> A 221 s on 2 shared cores).
 
-    python benchmarks/bench_s2sgan.py                 # level 4, both directions, 10-30 min each on 2 shared cores
+    python benchmarks/bench_s2sgan.py                 # level 4, both directions, 3-4 min each on 2 cores
     python benchmarks/bench_s2sgan.py --target B --level 5 --steps 400 --splits 5
 
 Speed (``--timing``): seconds per training step (batch 1, Adam, both generators and
@@ -172,7 +171,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--residual", action=argparse.BooleanOptionalAction, default=False,
                         help="generators predict a correction of the input (start as mean/std matching)")
     parser.add_argument("--base-channels", type=int, default=8)
     parser.add_argument("--cycle-weight", type=float, default=10.0)

@@ -68,7 +68,7 @@ class TrainingConfig:
     cond_channels: int = 0
     depth: int = 4
     base_channels: int = 16
-    residual: bool = True
+    residual: bool = False
     disc_channels: int = 16
     disc_down: int = 3
     disc_global: bool = False

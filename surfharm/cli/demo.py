@@ -66,8 +66,7 @@ def run(args) -> int:
         print(f"{method} was skipped: {reason}")
     if settings.s2sgan_steps > 0 and "s2sgan" not in result["skipped"]:
         print(f"S2SGAN trained for {settings.s2sgan_steps} steps per fit only: it shows the pipeline, not what a "
-              "trained model does (an untrained S2SGAN is per-site z-scoring, which also removes age differences "
-              "between the scanners). Train longer on your data: "
+              "trained model does (its generators have barely begun to learn the mapping). Train longer on your data: "
               "surfharm harmonize --method 's2sgan:max_steps=2000' ...")
     print(f"full table: {result['out'] / 'benchmark.md'}")
     if result["report"] is not None:

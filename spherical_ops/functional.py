@@ -5,8 +5,9 @@ Why custom kernels: a plain 1-ring convolution gathers a (V, 7 * C) tensor, whic
 dominates memory. Here the gather is done tile by tile into a small reused buffer that stays in cache,
 each tile is multiplied at once, and the gathered tensor is never stored: the backward pass reads
 the neighbourhood table backwards (:func:`transpose_table`) and gathers the output gradient once per
-input tile for both gradients, so rows are gathered and never scattered. Pooling, parameter-free upsampling and the averaging step of the transposed convolution are fixed
-linear maps, applied as sparse CSR matrices.
+input tile for both gradients, so rows are gathered and never scattered. Pooling, parameter-free
+upsampling and the averaging step of the transposed convolution are fixed linear maps, applied as
+sparse CSR matrices.
 
 All functions take channels-first tensors ``(B, C, V)`` like the layers.
 """

@@ -19,6 +19,5 @@ __all__ = ["ComBat", "S2SGAN", "Harmonizer", "LongComBat", "HarmonizerInputError
 def __getattr__(name):
     # S2SGAN needs torch (seconds to import): loaded on first use, so ComBat-only work stays light.
     if name == "S2SGAN":
-        from surfharm.harmonize.s2sgan import S2SGAN
-        return S2SGAN
+        return get("s2sgan")
     raise AttributeError(f"module 'surfharm.harmonize' has no attribute {name!r}")

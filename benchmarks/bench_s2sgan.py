@@ -67,21 +67,22 @@ def run_direction(args, target: str) -> None:
 
     source = "B" if target == "A" else "A"
     data = simulated_data(scenario_config(args.level, args.n_per_site, args.n_traveling, args.seed),
-                          name=f"two-site-nonlinear-resolution, {source} -> {target}")
-    data.target_site = target
+                          name=f"two-site-nonlinear-resolution, {source} -> {target}", target_site=target)
     # The cross-validation of the runner keeps only features finite in every scan, which would cut the
     # icosahedral mesh that S2SGAN needs: the medial wall is given as 0 mm in every scan instead (for
     # every method alike; a constant feature is left unchanged by each of them). Traveling-subject
     # scores to the target then average over all vertices (error 0 on the medial wall): cortex-only
     # MAE = MAE x V / V_cortex and PSNR = PSNR - 10 log10(V / V_cortex), printed below the table.
     data.X = np.where(np.isfinite(data.X), data.X, 0.0).astype(np.float32)
-    s2sgan = MethodSpec("s2sgan", options=dict(
-        source=source, target=target, depth=args.depth, base_channels=args.base_channels,
-        disc_channels=args.base_channels, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        residual=args.residual, cycle_weight=args.cycle_weight, seed=args.seed))
+    options = dict(source=source, target=target, depth=args.depth, base_channels=args.base_channels,
+                   disc_channels=args.base_channels, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                   residual=args.residual, cycle_weight=args.cycle_weight, seed=args.seed)
+    s2sgan = {"on": [MethodSpec("s2sgan", options=dict(options, calibrate=True))],
+              "off": [MethodSpec("s2sgan", label="s2sgan (uncalibrated)", options=dict(options, calibrate=False))]}
+    s2sgan["both"] = s2sgan["off"] + s2sgan["on"]
     methods = [MethodSpec("raw"), MethodSpec("mean-std"), MethodSpec("combat"),
                MethodSpec("combat", label="combat (reference = target)", options=dict(reference_site=target)),
-               s2sgan]
+               *s2sgan[args.calibrate]]
     blurred = "source" if source == "B" else "target"
     print(f"\n## {source} -> {target} (the {blurred} site is the blurred, saturating one)\n", flush=True)
     print(f"scenario: level {args.level}, {args.n_per_site} scans per site, {args.n_traveling} traveling subjects; "
@@ -93,7 +94,7 @@ def run_direction(args, target: str) -> None:
                            progress=lambda line: print(line, flush=True))
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     columns = ["method", "tr_mae_target", "tr_psnr_target", "tr_r_target", "tr_ssim_target", "site_auroc",
-               "age_r2", "age_r2_ratio", "tr_mae_truth", "fit_seconds"]
+               "age_r2", "age_r2_ratio", "age_r2_ratio_target", "tr_mae_truth", "fit_seconds"]
     table = result.table[[c for c in columns if c in result.table.columns]]
     print(table.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else table.to_string(index=False))
     ratio = data.X.shape[1] / data.mask.sum()
@@ -175,6 +176,9 @@ def main() -> None:
                         help="generators predict a correction of the input (start as mean/std matching)")
     parser.add_argument("--base-channels", type=int, default=8)
     parser.add_argument("--cycle-weight", type=float, default=10.0)
+    parser.add_argument("--calibrate", choices=("on", "off", "both"), default="both",
+                        help="S2SGAN with the per-vertex output calibration (on, the default of the harmonizer), "
+                             "without it (off: the authors' generator output), or both rows (one training each)")
     parser.add_argument("--splits", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

@@ -33,7 +33,7 @@ class _NeighborhoodConv(torch.autograd.Function):
     """y[b, o, v] = bias[o] + sum_{c, k} weight[o, c, k] * x[b, c, index[v, k]]."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, flat_index, ring_size, reverse, extras):
+    def forward(ctx, x, weight, bias, flat_index, ring_size, reverse, extras, extras_per_slot):
         batch, c_in, _ = x.shape
         n_out = flat_index.numel() // ring_size
         x_rows = x.transpose(1, 2).contiguous()                         # (B, V_in, C): rows gather fast
@@ -43,6 +43,7 @@ class _NeighborhoodConv(torch.autograd.Function):
         ctx.save_for_backward(x, weight, flat_index, reverse, extras)
         ctx.has_bias = bias is not None
         ctx.ring_size = ring_size
+        ctx.extras_per_slot = extras_per_slot
         return y
 
     @staticmethod
@@ -59,7 +60,8 @@ class _NeighborhoodConv(torch.autograd.Function):
         # only the weight gradient is needed and the input is narrower (a first layer), gathering the
         # input is cheaper.
         if reverse is not None and (need_x or (need_w and c_out <= c_in)):
-            grad_x, grad_w = _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need_w)
+            grad_x, grad_w = _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need_w,
+                                                      ctx.extras_per_slot)
         else:
             if need_x:
                 grad_x = _input_grad_by_scatter(grad_y, weight, flat_index, k, x.shape[2])
@@ -67,7 +69,7 @@ class _NeighborhoodConv(torch.autograd.Function):
                 grad_w = _weight_grad_by_output_tiles(x, grad_y, flat_index, k, c_out)
         if need_b and ctx.has_bias:
             grad_b = grad_y.sum((0, 2))
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 def _conv_tiles(src_rows, w_rows, flat_index, k, out, bias_col=None):
@@ -91,7 +93,7 @@ def _conv_tiles(src_rows, w_rows, flat_index, k, out, bias_col=None):
                 torch.addmm(bias_col, w_rows, gathered.t(), out=out[b, :, start:stop])
 
 
-def _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need_w):
+def _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need_w, extras_per_slot=None):
     """Both gradients from the table read backwards (:func:`transpose_table`).
 
     For an input tile of vertices u, ``H[u, (k, o)] = grad_y[o, v]`` for the vertex v that uses u in
@@ -122,7 +124,9 @@ def _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need
                 grad_w_cols.addmm_(x[b, :, start:stop], h)
     grad_w = grad_w_cols.view(c_in, k, c_out).permute(2, 0, 1).contiguous() if need_w else None
     # The few slots used by more than one vertex, slot by slot (extras are sorted by slot).
-    counts = torch.bincount(extras[:, 1], minlength=k).tolist() if extras.numel() else []
+    counts = extras_per_slot
+    if counts is None:
+        counts = torch.bincount(extras[:, 1], minlength=k).tolist() if extras.numel() else []
     start = 0
     for slot, count in enumerate(counts):
         if count:
@@ -226,14 +230,19 @@ def neighborhood_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         bias: (C_out,) or None.
         index: (V_out, K) int32 or int64 neighbourhood table (e.g. ``topology.neighbors_1ring``).
         transpose: optional ``(reverse, extras)`` from :func:`transpose_table` as tensors; with it
-            the input gradient is computed by gathering instead of scattering (faster on CPU).
+            the input gradient is computed by gathering instead of scattering (faster on CPU). A
+            third item, the number of extras per slot (a tuple of K ints), spares the backward pass
+            counting them (on a GPU, a wait for the device per call).
 
     Returns:
         (B, C_out, V_out): ``y[b, o, v] = bias[o] + sum_{c, k} weight[o, c, k] * x[b, c, index[v, k]]``.
     """
     k = weight.shape[2]
-    reverse, extras = (None, None) if transpose is None else (transpose[0].reshape(-1), transpose[1])
-    return _NeighborhoodConv.apply(x, weight, bias, index.reshape(-1), k, reverse, extras)
+    reverse = extras = per_slot = None
+    if transpose is not None:
+        reverse, extras = transpose[0].reshape(-1), transpose[1]
+        per_slot = tuple(transpose[2]) if len(transpose) > 2 else None
+    return _NeighborhoodConv.apply(x, weight, bias, index.reshape(-1), k, reverse, extras, per_slot)
 
 
 class _SparseMap(torch.autograd.Function):
@@ -241,23 +250,30 @@ class _SparseMap(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, matrix, matrix_t):
-        batch, channels, n_in = x.shape
-        cols = x.reshape(batch * channels, n_in).t().contiguous()       # (V_in, B*C)
         # The map follows the input's precision (a float64 input is not rounded to float32).
         matrix, matrix_t = matrix.to(x.dtype), matrix_t.to(x.dtype)
-        out = torch.sparse.mm(matrix, cols)                              # (V_out, B*C)
+        out = torch.sparse.mm(matrix, _vertex_rows(x))                   # (V_out, B*C)
         ctx.save_for_backward(matrix_t)
-        ctx.shape = (batch, channels)
-        return out.t().contiguous().view(batch, channels, -1)
+        return _from_vertex_rows(out, x.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
         (matrix_t,) = ctx.saved_tensors
-        batch, channels = ctx.shape
-        cols = grad_y.reshape(batch * channels, -1).t().contiguous().to(matrix_t.dtype)
-        grad = torch.sparse.mm(matrix_t, cols)
-        return grad.t().contiguous().view(batch, channels, -1), None, None
+        grad = torch.sparse.mm(matrix_t, _vertex_rows(grad_y.to(matrix_t.dtype)))
+        return _from_vertex_rows(grad, grad_y.shape[0]), None, None
+
+
+def _vertex_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, V) -> contiguous (V, B*C); free when x is a (B, C, V) view of vertex-major rows (B = 1)."""
+    batch, channels, n = x.shape
+    return x.permute(2, 0, 1).reshape(n, batch * channels).contiguous()
+
+
+def _from_vertex_rows(rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """(V, B*C) -> a (B, C, V) view, not copied: the convolutions gather from vertex-major rows, so a
+    copy to channels-first here would only be transposed back by the next layer."""
+    return rows.view(rows.shape[0], batch, -1).permute(1, 2, 0)
 
 
 def sparse_map(x: torch.Tensor, matrix: torch.Tensor, matrix_t: torch.Tensor) -> torch.Tensor:
@@ -268,7 +284,8 @@ def sparse_map(x: torch.Tensor, matrix: torch.Tensor, matrix_t: torch.Tensor) ->
         matrix: (V_out, V_in) sparse CSR tensor; ``matrix_t`` its transpose (V_in, V_out), CSR.
 
     Returns:
-        (B, C, V_out) with ``y[b, c] = matrix @ x[b, c]``.
+        (B, C, V_out) with ``y[b, c] = matrix @ x[b, c]``, a strided view of vertex-major rows
+        (``.contiguous()`` gives channels-first memory where a caller needs it).
     """
     return _SparseMap.apply(x, matrix, matrix_t)
 
@@ -320,22 +337,18 @@ class _GroupNormLeakyReLU(torch.autograd.Function):
         y, weight, bias, rstd = ctx.saved_tensors
         batch, channels, n = y.shape
         groups, slope = ctx.groups, ctx.slope
-        # Derivative of the activation, reused to invert it: y = z where z >= 0, slope * z elsewhere.
-        act_slope = torch.where(y >= 0, 1.0, slope).to(y.dtype)
-        grad_z = torch.mul(act_slope, grad_y).contiguous()                  # grad_y may be a strided view
-        gamma = _safe_scale(weight).view(1, channels, 1)
-        x_hat = y / act_slope                                               # pre-activation z
-        del act_slope
-        x_hat.sub_(bias.view(1, channels, 1)).div_(gamma)                   # normalised input
-        grad_weight = (grad_z * x_hat).sum((0, 2))
-        grad_bias = grad_z.sum((0, 2))
-        # GroupNorm backward, in place on grad_z and x_hat to keep only two full-size temporaries.
-        grad_hat = grad_z.mul_(gamma).view(batch, groups, -1)
-        x_hat = x_hat.view(batch, groups, -1)
-        mean_grad = grad_hat.mean(-1, keepdim=True)
-        mean_grad_hat = (grad_hat * x_hat).mean(-1, keepdim=True)
-        grad_hat.sub_(mean_grad).sub_(x_hat.mul_(mean_grad_hat)).mul_(rstd.view(batch, groups, 1))
-        return grad_hat.view(batch, channels, n), grad_weight, grad_bias, None, None, None
+        # The activation's gradient, read off its output (same sign as its input).
+        grad_z = torch.ops.aten.leaky_relu_backward(grad_y, y, slope, True).contiguous()
+        # Undo the activation (a leaky ReLU of slope 1/slope) and the affine map: the input up to its
+        # group mean, x' = x_hat / rstd, which the fused GroupNorm backward below normalises again
+        # with a mean of 0. Three passes in all instead of a dozen element-wise ones.
+        x_prime = torch.nn.functional.leaky_relu(y, 1.0 / slope)
+        per_channel_rstd = rstd.view(batch, groups, 1).expand(batch, groups, channels // groups).reshape(batch, channels)
+        scale = 1.0 / (_safe_scale(weight).view(1, channels) * per_channel_rstd)     # (B, C)
+        x_prime.sub_(bias.view(1, channels, 1)).mul_(scale.unsqueeze(2))
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
+            grad_z, x_prime, torch.zeros_like(rstd), rstd, weight, batch, channels, n, groups, [True, True, True])
+        return grad_x, grad_weight, grad_bias, None, None, None
 
 
 def _safe_scale(weight: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:

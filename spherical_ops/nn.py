@@ -124,6 +124,9 @@ class IcoConv(nn.Module):
         reverse, extras = _shared_transpose("ring1" if ring == 1 else "ring2", self.level)
         self.register_buffer("reverse_index", reverse, persistent=False)
         self.register_buffer("reverse_extras", extras, persistent=False)
+        # Extras per slot, counted once here: counting them in every backward pass would make a GPU
+        # wait for the count (a device-to-host copy per layer).
+        self._extras_per_slot = tuple(np.bincount(extras[:, 1].numpy(), minlength=self.kernel_size).tolist())
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
@@ -139,7 +142,7 @@ class IcoConv(nn.Module):
         check_input(x, self.in_channels, self.level, "IcoConv")
         return neighborhood_conv(x, self.weight.to(x.dtype),
                                  None if self.bias is None else self.bias.to(x.dtype), self.index,
-                                 transpose=(self.reverse_index, self.reverse_extras))
+                                 transpose=(self.reverse_index, self.reverse_extras, self._extras_per_slot))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, level={self.level}, ring={self.ring}, "

@@ -8,7 +8,8 @@ import pytest
 
 from surfharm import harmonize
 from surfharm.cli import benchmark as cli_benchmark
-from surfharm.evaluate.benchmark import TRUTH_LABEL, read_config, run_benchmark, run_config, write_results
+from surfharm.evaluate.benchmark import (TARGET_TRUTH_LABEL, TRUTH_LABEL, read_config, run_benchmark, run_config,
+                                        write_results)
 from surfharm.evaluate.methods import MethodSpec
 from surfharm.evaluate.scenarios import available_scenarios, get_scenario, roi_table_data, simulated_data
 from surfharm.simulate import preset
@@ -49,6 +50,14 @@ def test_truth_row_has_no_site_effect(default_result):
     assert truth["age_r2_ratio"] == pytest.approx(1.0)
 
 
+def test_truth_at_the_target_site_is_scored_and_used_as_a_second_yardstick(default_result):
+    at_target = row(default_result, TARGET_TRUTH_LABEL)
+    assert at_target["site_auroc"] < 0.7 and at_target["frac_sig_anova"] < 0.05
+    assert at_target["age_r2_ratio_target"] == pytest.approx(1.0)
+    raw = row(default_result, "raw")
+    assert raw["age_r2_ratio_target"] == pytest.approx(raw["age_r2"] / at_target["age_r2"])
+
+
 def test_harmonization_brings_traveling_subjects_together(default_result):
     raw, shifted = row(default_result, "raw"), row(default_result, "mean-shift")
     assert shifted["tr_mae_target"] < raw["tr_mae_target"]
@@ -60,7 +69,7 @@ def test_harmonization_brings_traveling_subjects_together(default_result):
 def test_write_results(default_result, tmp_path):
     paths = write_results(default_result, tmp_path / "out")
     table = pd.read_csv(paths["csv"])
-    assert list(table["method"])[:2] == [TRUTH_LABEL, "raw"]
+    assert list(table["method"])[:3] == [TRUTH_LABEL, TARGET_TRUTH_LABEL, "raw"]
     text = paths["markdown"].read_text()
     assert "| raw |" in text and "site_auroc" in text
     assert json.loads(paths["config"].read_text())["n_splits"] == 3
@@ -135,7 +144,7 @@ def test_config_file(tmp_path):
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(config))
     result = run_config(read_config(path))
-    assert list(result.table["method"]) == [TRUTH_LABEL, "raw", "ms"]
+    assert list(result.table["method"]) == [TRUTH_LABEL, TARGET_TRUTH_LABEL, "raw", "ms"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"scenario": "quick", "folds": 3}))
     with pytest.raises(ValueError, match="unknown key"):

@@ -113,14 +113,17 @@ def test_transpose_table_lists_every_slot_once(ring):
     assert len(extras) > 0                                    # the extras path is exercised at level 3
 
 
+@pytest.mark.parametrize("counted", [False, True])
 @pytest.mark.parametrize("ring", [1, 2])
-def test_conv_gradient_by_gather_equals_scatter(ring):
-    """The input gradient through the transpose table equals the index_add_ fallback (B = 2)."""
+def test_conv_gradient_by_gather_equals_scatter(ring, counted):
+    """The input gradient through the transpose table (extras per slot given or counted in the
+    backward pass) equals the index_add_ fallback (B = 2)."""
     from spherical_ops.functional import neighborhood_conv
     torch.manual_seed(3)
     conv = IcoConv(3, 4, 3, ring=ring)
+    assert sum(conv._extras_per_slot) == conv.reverse_extras.shape[0] > 0
     x = torch.randn(2, 3, so.n_vertices(3), requires_grad=True)
-    transpose = (conv.reverse_index, conv.reverse_extras)
+    transpose = (conv.reverse_index, conv.reverse_extras) + ((conv._extras_per_slot,) if counted else ())
     y1, g1 = grads(lambda: neighborhood_conv(x, conv.weight, conv.bias, conv.index, transpose), x, conv.weight)
     y2, g2 = grads(lambda: neighborhood_conv(x, conv.weight, conv.bias, conv.index), x, conv.weight)
     torch.testing.assert_close(y1, y2)

@@ -66,6 +66,26 @@ def test_transform_maps_source_keeps_target_and_nan(pair):
     assert not np.allclose(reverse[sites == "A"][:, 20:], X[sites == "A"][:, 20:])
 
 
+def test_calibration_matches_the_other_sites_moments_on_the_training_scans(pair):
+    """Calibrated outputs of the training scans have the other site's per-vertex mean and SD exactly;
+    without calibration the generator's output is used as it is (and differs)."""
+    X, sites, cov = pair
+    model = tiny(source="B", target="A").fit(X, sites, cov)
+    raw = tiny(source="B", target="A", calibrate=False).fit(X, sites, cov)
+    assert model.output_mean_.shape == (2, V3) and raw.output_mean_ is None
+    cortex = slice(20, None)
+    for domain, (direction, moving, other) in enumerate((("forward", "B", "A"), ("reverse", "A", "B"))):
+        out = model.transform(X, sites, direction=direction)[sites == moving][:, cortex].astype(np.float64)
+        ref = X[sites == other][:, cortex].astype(np.float64)
+        np.testing.assert_allclose(out.mean(0), ref.mean(0), atol=2e-4)
+        # The SD is matched where the generator's own output SD is above the 0.05 z floor.
+        free = model.output_std_[domain, cortex] > 0.05
+        assert free.mean() > 0.5
+        np.testing.assert_allclose(out.std(0)[free], ref.std(0)[free], rtol=2e-3)
+        uncalibrated = raw.transform(X, sites, direction=direction)[sites == moving][:, cortex]
+        assert np.abs(uncalibrated.mean(0) - ref.mean(0)).max() > 1e-2
+
+
 def test_default_target_is_first_sorted_site(pair):
     X, sites, _ = pair
     assert tiny(max_steps=1).fit(X, sites).sites_ == ["B", "A"]
@@ -80,6 +100,7 @@ def test_save_load_round_trip_is_bit_exact(pair, tmp_path):
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["sites"] == ["B", "A"] and meta["level"] == 3 and meta["params"]["condition_on"] == ["age"]
     loaded = S2SGAN.load(path)
+    np.testing.assert_array_equal(loaded.output_std_, model.output_std_)
     np.testing.assert_array_equal(loaded.transform(X, sites, cov), model.transform(X, sites, cov))
     for a, b in zip(model.generator_xy_.state_dict().values(), loaded.generator_xy_.state_dict().values()):
         assert torch.equal(a, b)

@@ -93,6 +93,24 @@ def test_extra_smoothing_reduces_fine_detail():
     assert spatial_sd(sim.maps[a]) < 0.9 * spatial_sd(sim.truth[a])
 
 
+@pytest.mark.parametrize("level", [4, 6])
+def test_truth_at_site_is_what_that_site_acquires(level):
+    blurred = SiteEffect(additive_mean=0.2, saturation_mm=3.5, smoothing_fwhm_mm=10.0, noise_sd_mm=0.0)
+    cfg = SimulationConfig(level=level, sites=(SiteSpec("A", 4, SiteEffect(noise_sd_mm=0.0)), SiteSpec("B", 4, blurred)),
+                           n_traveling=0)
+    sim = simulate_cohort(cfg)
+    b = (sim.table["site"] == "B").to_numpy()
+    at_b = sim.truth_at_site("B")
+    assert at_b.shape == sim.maps.shape and np.isnan(at_b[:, ~sim.mask]).all()
+    # Without scan noise, B's own scans are reproduced; A's scans get B's blur and offset.
+    np.testing.assert_allclose(at_b[b][:, sim.mask], sim.maps[b][:, sim.mask], atol=1e-4)
+    spatial_sd = lambda m: np.nanstd(m[:, sim.mask], axis=1).mean()  # noqa: E731
+    assert spatial_sd(at_b[~b]) < 0.9 * spatial_sd(sim.maps[~b])
+    np.testing.assert_allclose(np.nanmean(sim.truth_at_site("A")[~b] - sim.maps[~b]), 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="site 'C' is not in this simulation"):
+        sim.truth_at_site("C")
+
+
 def test_age_confound_moves_one_site_older():
     sim = simulate_cohort(preset("adult-confounded", level=3, n_per_site=15, n_traveling=0))
     ages = sim.table.groupby("site")["age"].mean()

@@ -54,6 +54,9 @@ def register(subparsers) -> None:
                      help="covariates fed to the networks (e.g. age, for infant cohorts)")
     opt.add_argument("--validation-fraction", type=float, default=0.1,
                      help="share of each site's scans held out and scored every epoch (default 0.1)")
+    opt.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                     help="use the generators' outputs as they are, without matching them per vertex to the other "
+                          "site's mean and SD on the training scans")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     opt.add_argument("--checkpoint-dir", help="folder for checkpoint.safetensors (must exist)")
@@ -110,7 +113,8 @@ def run_train(args) -> int:
     model = S2SGAN(source=args.source, target=args.target, condition_on=tuple(args.condition_on), depth=args.depth,
                    base_channels=args.base_channels, epochs=args.epochs, max_steps=args.max_steps,
                    batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                   validation_fraction=args.validation_fraction, seed=args.seed, device=args.device,
+                   validation_fraction=args.validation_fraction, calibrate=args.calibrate, seed=args.seed,
+                   device=args.device,
                    checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
                    progress=not args.quiet)
     covariates = _covariates(pair, args.condition_on)

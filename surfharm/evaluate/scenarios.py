@@ -35,6 +35,8 @@ class BenchmarkData:
         age_column: the column whose value age prediction targets (years).
         sex_column: 0/1 column (1 = female) for Cohen's d, or None.
         truth: (n_scans, n_features) site-free maps, or None (real data).
+        truth_at_target: (n_scans, n_features) the site-free maps as the target site would acquire
+            them (simulations), or None: the best a harmonizer to that site can do.
         traveling: (n_scans,) bool, scans of traveling subjects (held out of every fit), or None.
         target_site: the site traveling subjects are compared with.
         faces: mesh faces (F, 3) of vertex maps (for SSIM), or None.
@@ -50,6 +52,7 @@ class BenchmarkData:
     age_column: str = "age"
     sex_column: str | None = "female"
     truth: np.ndarray | None = None
+    truth_at_target: np.ndarray | None = None
     traveling: np.ndarray | None = None
     target_site: str | None = None
     faces: np.ndarray | None = None
@@ -65,8 +68,10 @@ class BenchmarkData:
         missing = sorted({c for c in needed if c not in self.table.columns})
         if missing:
             raise ValueError(f"benchmark table lacks column(s) {missing}; columns are {list(self.table.columns)}")
-        if self.truth is not None and self.truth.shape != self.X.shape:
-            raise ValueError(f"truth has shape {self.truth.shape}, expected {self.X.shape}")
+        for name in ("truth", "truth_at_target"):
+            value = getattr(self, name)
+            if value is not None and value.shape != self.X.shape:
+                raise ValueError(f"{name} has shape {value.shape}, expected {self.X.shape}")
 
     @property
     def study(self) -> np.ndarray:
@@ -108,17 +113,22 @@ def available_scenarios() -> dict[str, str]:
 
 # -- simulated cortical thickness ---------------------------------------------------------------------
 
-def simulated_data(config, name: str = "simulated") -> BenchmarkData:
-    """Simulate ``config`` (a :class:`surfharm.simulate.SimulationConfig`) as benchmark data."""
+def simulated_data(config, name: str = "simulated", target_site: str | None = None) -> BenchmarkData:
+    """Simulate ``config`` (a :class:`surfharm.simulate.SimulationConfig`) as benchmark data.
+
+    ``target_site`` (default: the first site) is the site traveling subjects are compared with; the
+    data also hold every scan's truth as that site would acquire it (``truth_at_target``).
+    """
     from surfharm.simulate import simulate_cohort
 
     sim = simulate_cohort(config)
     infant = config.mode == "infant"
     age_term = "log_age" if infant else "age"
-    target = config.sites[0].name
+    target = config.sites[0].name if target_site is None else target_site
     return BenchmarkData(
         name=name, X=sim.maps, table=sim.table, covariate_columns=[age_term, "female"], age_columns=[age_term],
-        age_column="age", sex_column="female", truth=sim.truth, traveling=sim.traveling, target_site=target,
+        age_column="age", sex_column="female", truth=sim.truth, truth_at_target=sim.truth_at_site(target),
+        traveling=sim.traveling, target_site=target,
         faces=np.asarray(icosphere(config.level).faces), mask=sim.mask,
         config={"scenario": name, "simulation": config.to_dict()})
 

@@ -66,6 +66,12 @@ class S2SGAN(Harmonizer):
         in mm and input/output correlation; site AUROC when each site keeps >= 4 scans).
     min_std_mm : float
         Floor of the per-vertex standard deviations (avoids dividing by ~0 at near-constant vertices).
+    calibrate : bool
+        After training, match each generator's outputs on the training scans to the other site's
+        per-vertex mean and standard deviation (one location/scale correction per vertex and
+        direction, in z-units, saved with the model): the network supplies the spatial, non-linear
+        part of the mapping and the correction removes the per-vertex bias it leaves after a short
+        training. Off: the authors' generator output as it is.
     seed : int
         Seeds initialisation, batches, validation split and pool draws (deterministic on CPU).
     device : str
@@ -82,6 +88,9 @@ class S2SGAN(Harmonizer):
     mean_, std_ : (2, V) per-site per-vertex statistics (mm), rows in ``sites_`` order
     mask_ : (V,) bool, vertices finite in every training scan and not constant across them
     cond_mean_, cond_std_ : (n_cond,) standardisation of ``condition_on``
+    output_mean_, output_std_ : (2, V) or None, with ``calibrate``: per-vertex mean and standard
+        deviation (z-units) of G_XY's outputs on the source's training scans (row 0) and of G_YX's on
+        the target's (row 1), mapped to 0 and 1 by ``transform``
     generator_xy_, generator_yx_ : the trained :class:`surfharm.models.SphericalGenerator` pair
     history_ : list of dicts, per-epoch losses and validation scores
     """
@@ -91,8 +100,8 @@ class S2SGAN(Harmonizer):
                  epochs: int = 50, max_steps: int | None = None, batch_size: int = 1, lr: float = 2e-4,
                  schedule: str = "cosine", pool_size: int = 20, cycle_weight: float = 10.0,
                  identity_weight: float = 0.5, correlation_weight: float = 0.5, validation_fraction: float = 0.0,
-                 min_std_mm: float = 0.01, seed: int = 0, device: str = "cpu", checkpoint_dir=None,
-                 checkpoint_every: int = 0, resume: bool = False, progress: bool = False):
+                 min_std_mm: float = 0.01, calibrate: bool = True, seed: int = 0, device: str = "cpu",
+                 checkpoint_dir=None, checkpoint_every: int = 0, resume: bool = False, progress: bool = False):
         self.source = source
         self.target = target
         self.condition_on = condition_on
@@ -112,6 +121,7 @@ class S2SGAN(Harmonizer):
         self.correlation_weight = correlation_weight
         self.validation_fraction = validation_fraction
         self.min_std_mm = min_std_mm
+        self.calibrate = calibrate
         self.seed = seed
         self.device = device
         self.checkpoint_dir = checkpoint_dir
@@ -172,6 +182,7 @@ class S2SGAN(Harmonizer):
                                   checkpoint_every=self.checkpoint_every, validate=validate,
                                   checkpoint_extra=self._checkpoint_extra, progress=self.progress)
         self._trainer = trainer
+        self.output_mean_ = self.output_std_ = None          # the validation scores raw generator outputs
         if self.resume and checkpoint is not None and checkpoint.exists():
             meta = trainer.load_checkpoint(checkpoint)
             self._check_resumed(meta, checkpoint)
@@ -179,7 +190,28 @@ class S2SGAN(Harmonizer):
         self.generator_xy_ = trainer.generators.g_xy.eval()
         self.generator_yx_ = trainer.generators.g_yx.eval()
         del self._trainer
+        if self.calibrate:
+            self._fit_calibration(X, cond, train_rows)
         return self
+
+    def _fit_calibration(self, X, cond, train_rows, floor: float = 0.05) -> None:
+        """Per-vertex mean/std (z-units) of each generator's outputs on its training scans.
+
+        The standard deviation is floored at ``floor`` z-units so that a vertex the generator holds
+        nearly constant is not blown up by the division in :meth:`_generate`.
+        """
+        means, stds = [], []
+        for domain, rows in enumerate(train_rows):
+            z = np.concatenate([self._generator_z(X[r], domain, None if cond is None else cond[r])
+                                for r in np.array_split(rows, max(1, -(-len(rows) // 8)))])  # (n, V)
+            mask = np.isfinite(X[rows]) & self.mask_
+            count = np.maximum(mask.sum(axis=0), 1)
+            mean = np.where(mask, z, 0.0).sum(axis=0) / count
+            var = np.where(mask, (z - mean) ** 2, 0.0).sum(axis=0) / count
+            means.append(np.where(self.mask_, mean, 0.0))
+            stds.append(np.where(self.mask_, np.maximum(np.sqrt(var), floor), 1.0))
+        self.output_mean_ = np.stack(means).astype(np.float32)
+        self.output_std_ = np.stack(stds).astype(np.float32)
 
     def _choose_sites(self, sites, source, target) -> list:
         source = self.source if source is None else source
@@ -326,15 +358,22 @@ class S2SGAN(Harmonizer):
 
     def _generate(self, X: np.ndarray, domain: int, cond) -> np.ndarray:
         """Maps of site ``domain`` (0 source, 1 target) -> the other site's appearance, in mm."""
-        generator = self.generator_xy_ if domain == 0 else self.generator_yx_
-        device = next(generator.parameters()).device
-        z, mask = self._normalise(X, domain)
-        with torch.no_grad():
-            c = None if cond is None else torch.from_numpy(cond).to(device)
-            fake = generator(torch.from_numpy(z)[:, None].to(device), c)[:, 0].float().cpu().numpy()
+        fake = self._generator_z(X, domain, cond)
+        if getattr(self, "output_mean_", None) is not None:
+            fake = (fake - self.output_mean_[domain]) / self.output_std_[domain]
         other = 1 - domain
         mm = fake * self.std_[other] + self.mean_[other]
+        mask = np.isfinite(X) & self.mask_
         return np.where(mask, mm, X).astype(np.float32)   # outside the mask: unchanged (NaN stays NaN)
+
+    def _generator_z(self, X: np.ndarray, domain: int, cond) -> np.ndarray:
+        """The generator's raw output (n, V) in the other site's z-units for maps of site ``domain``."""
+        generator = self.generator_xy_ if domain == 0 else self.generator_yx_
+        device = next(generator.parameters()).device
+        z, _ = self._normalise(X, domain)
+        with torch.no_grad():
+            c = None if cond is None else torch.from_numpy(cond).to(device)
+            return generator(torch.from_numpy(z)[:, None].to(device), c)[:, 0].float().cpu().numpy()
 
     # -- save / load ----------------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -347,6 +386,9 @@ class S2SGAN(Harmonizer):
         tensors.update({"mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
                         "mask": torch.from_numpy(self.mask_.astype(np.uint8)),
                         "cond_mean": torch.from_numpy(self.cond_mean_), "cond_std": torch.from_numpy(self.cond_std_)})
+        if self.output_mean_ is not None:
+            tensors.update({"output_mean": torch.from_numpy(self.output_mean_),
+                            "output_std": torch.from_numpy(self.output_std_)})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         import surfharm
 
@@ -372,6 +414,8 @@ class S2SGAN(Harmonizer):
         model.mean_, model.std_ = tensors["mean"].numpy(), tensors["std"].numpy()
         model.mask_ = tensors["mask"].numpy().astype(bool)
         model.cond_mean_, model.cond_std_ = tensors["cond_mean"].numpy(), tensors["cond_std"].numpy()
+        model.output_mean_ = tensors["output_mean"].numpy() if "output_mean" in tensors else None
+        model.output_std_ = tensors["output_std"].numpy() if "output_std" in tensors else None
         config = model.training_config(model.level_)
         for name in ("generator_xy", "generator_yx"):
             net = SphericalGenerator(1, model.level_, cond_channels=config.cond_channels, depth=config.depth,

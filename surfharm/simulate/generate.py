@@ -32,7 +32,7 @@ from surfharm.simulate.sites import SiteEffect, SiteMaps, apply_site_effect, dra
 MODES = ("adult", "infant")
 #: Planned infant visits (months); each infant attends ``n_sessions`` of them, with +-2 weeks jitter.
 INFANT_VISITS_MONTHS = (1.0, 3.0, 6.0, 9.0, 12.0, 18.0, 24.0)
-_ROLE_ANATOMY, _ROLE_SITES, _ROLE_SUBJECTS, _ROLE_NOISE, _ROLE_TRAVEL = range(5)
+_ROLE_ANATOMY, _ROLE_SITES, _ROLE_SUBJECTS, _ROLE_NOISE, _ROLE_TRAVEL, _ROLE_AT_SITE = range(6)
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,36 @@ class SimulatedCohort:
         """Traveling scans as a (subject x site) table of row numbers into ``maps``."""
         rows = self.table[self.traveling].reset_index().rename(columns={"index": "row"})
         return rows.pivot(index="subject", columns="site", values="row")
+
+    def truth_at_site(self, site: str) -> np.ndarray:
+        """Every scan's site-free map as ``site`` would acquire it: (n_scans, V) float32 mm.
+
+        The site's effect (its fixed fields, blur, saturation and fresh scan noise) applied to
+        ``truth`` exactly as the simulation applies it to that site's own scans: what a harmonizer
+        that maps all scans to ``site``'s appearance aims at (e.g. the age effect it can keep).
+        """
+        effects = {s.name: s.effect for s in self.config.sites}
+        if self.config.scanner_change is not None:
+            effects[self.config.scanner_change.new_site] = self.config.scanner_change.effect
+        if site not in effects:
+            raise ValueError(f"site {site!r} is not in this simulation; its sites are {sorted(effects)}")
+        effect = effects[site]
+        sim_level = min(self.level, 5)
+        sphere = icosphere(sim_level)
+        n = sphere.vertices.shape[0]
+        mask = cortex_mask(self.hemi, sim_level)
+        rng = np.random.default_rng([self.config.seed, _ROLE_AT_SITE, sorted(effects).index(site)])
+        # Maps above level 5 are level 5 upsampled, whose first vertices are level 5 itself (nesting).
+        truth = np.asarray(self.truth[:, :n], np.float64)
+        # Above level 5 a few level-5 cortex vertices may be NaN (the finer mask): 0 like the medial wall.
+        truth = np.where(np.isfinite(truth), truth, 0.0)
+        scan_effect = effect if self.level <= 5 else replace(effect, noise_sd_mm=0.0)
+        out = apply_site_effect(truth, scan_effect, self.site_maps[site], mask, sphere.vertices, rng)
+        if self.level > 5:
+            out = anatomy.upsample_maps(out, 5, self.level)
+            out = out + effect.noise_sd_mm * rng.standard_normal(out.shape)
+            out[:, ~self.mask] = np.nan
+        return out.astype(np.float32)
 
     def to_cohort(self):
         """The observed maps as a :class:`surfharm.cohort.Cohort` (maps + table)."""

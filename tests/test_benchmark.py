@@ -94,6 +94,20 @@ def test_failing_method_is_reported_and_others_run(monkeypatch):
     assert np.isfinite(table.loc["raw", "site_auroc"])
 
 
+def test_repeated_cross_validation_averages_the_splits():
+    data = simulated_data(preset("quick", level=3, n_per_site=10, n_traveling=0), name="quick")
+    methods = [MethodSpec("raw"), MethodSpec("mean-shift")]
+    one = [run_benchmark(data, methods, n_splits=2, seed=s).table.set_index("method") for s in (4, 5)]
+    both = run_benchmark(data, methods, n_splits=2, seed=4, cv_repeats=2).table.set_index("method")
+    for method in ("mean-shift", TRUTH_LABEL):
+        mean = (one[0].loc[method, "site_auroc"] + one[1].loc[method, "site_auroc"]) / 2
+        assert both.loc[method, "site_auroc"] == pytest.approx(mean)
+        spread = abs(one[0].loc[method, "site_auroc"] - one[1].loc[method, "site_auroc"]) / np.sqrt(2)
+        assert both.loc[method, "site_auroc_sd"] == pytest.approx(spread)
+    with pytest.raises(ValueError, match="cv_repeats must be >= 1"):
+        run_benchmark(data, methods, n_splits=2, cv_repeats=0)
+
+
 def test_duplicate_labels_refused():
     data = simulated_data(preset("quick", level=3, n_per_site=10, n_traveling=0))
     with pytest.raises(ValueError, match="unique"):

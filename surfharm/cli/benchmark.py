@@ -48,6 +48,8 @@ def register(subparsers) -> None:
                         help="methods to run (default: raw, global-scaling, mean-shift, mean-std and the ComBat family)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulation and the folds (default 0)")
+    parser.add_argument("--cv-repeats", type=int, default=1,
+                        help="repeat the cross-validation with this many fold splits and average (default 1)")
     parser.add_argument("--level", type=int, help="simulation presets: icosahedral level of the maps (3-7)")
     parser.add_argument("--n-per-site", type=int, help="simulation presets: subjects per site")
     roi = parser.add_argument_group("ROI table options")
@@ -88,11 +90,12 @@ def run(args) -> int:
                                         subject_column=args.subject_column, age_column=args.age_column,
                                         sex_column=args.sex_column or None, feature_suffix=args.feature_suffix,
                                         age_terms=args.age_terms)
-        result = benchmark.run_benchmark(data, methods, n_splits=args.folds, seed=args.seed, progress=progress)
+        result = benchmark.run_benchmark(data, methods, n_splits=args.folds, seed=args.seed,
+                                         cv_repeats=args.cv_repeats, progress=progress)
     else:
         params = {k: v for k, v in (("level", args.level), ("n_per_site", args.n_per_site)) if v is not None}
         result = benchmark.run_scenario(args.preset or "adult", methods, n_splits=args.folds, seed=args.seed,
-                                        progress=progress, **params)
+                                        cv_repeats=args.cv_repeats, progress=progress, **params)
     if args.out:
         paths = benchmark.write_results(result, args.out, plots=not args.no_plots)
         print(benchmark.to_markdown(result))

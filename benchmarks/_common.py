@@ -48,8 +48,8 @@ def median_time(fn, repeats: int, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict, repeats: int, sync=lambda: None) -> dict:
-    """Median seconds of each callable, run in turn in every repeat so machine noise hits all alike."""
+def interleaved_times(fns: dict, repeats: int, sync=lambda: None) -> dict[str, list[float]]:
+    """Seconds of every call of each callable, run in turn in every repeat so machine noise hits all alike."""
     for fn in fns.values():
         fn()
     sync()
@@ -60,7 +60,12 @@ def interleaved_medians(fns: dict, repeats: int, sync=lambda: None) -> dict:
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict, repeats: int, sync=lambda: None) -> dict:
+    """Median seconds of each callable (:func:`interleaved_times`)."""
+    return {name: statistics.median(t) for name, t in interleaved_times(fns, repeats, sync).items()}
 
 
 def run_in_fresh_process(script: str, args: list[str], env: dict | None = None) -> dict:

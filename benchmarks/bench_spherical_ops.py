@@ -5,7 +5,8 @@ At level 7 (163842 vertices), batch 1, it measures
   * a full U-Net training step (Adam, MSE) and inference: ``IcoUNet(1, 1, 7)`` vs
     ``SUnet(1, 1, level=8, n_res=5, complex_chs=16)`` (same widths 16-256, depth 5, 1.68 M parameters);
   * peak memory of each, every case in a fresh process (peak RSS on CPU, peak allocated on CUDA),
-and prints medians and ratios (peer / surfharm: > 1 means surfharm is faster or smaller).
+and prints medians (the figure judged), the best of the repeats, and ratios (peer / surfharm: > 1 means
+surfharm is faster or smaller).
 
 Run it where s3pipe is installed (``pip install -e .[bench]``):
 
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 
-from _common import (REPO, interleaved_medians, machine_line, markdown_table, peak_rss_mb, rss_mb,
+from _common import (REPO, interleaved_times, machine_line, markdown_table, peak_rss_mb, rss_mb,
                      run_in_fresh_process)
 
 import torch
@@ -173,14 +175,19 @@ def main() -> int:
     rows = []
     for case, label in (("conv", "IcoConv 32->32 forward+backward"), ("train", "U-Net training step (Adam)"),
                         ("inference", "U-Net inference")):
-        med = interleaved_medians({impl: fns[impl][case] for impl in impls}, args.repeats, sync)
-        ours = med["surfharm"]
-        if "s3pipe" in med:
-            ratio = med["s3pipe"] / ours
-            rows.append([label, f"{ours * 1e3:.0f} ms", f"{med['s3pipe'] * 1e3:.0f} ms", f"{ratio:.1f}x",
-                         f">= {TARGETS[case]:.0f}x", "met" if ratio >= TARGETS[case] else "NOT met"])
-        else:
-            rows.append([label, f"{ours * 1e3:.0f} ms", "-", "-", f">= {TARGETS[case]:.0f}x", "-"])
+        times = interleaved_times({impl: fns[impl][case] for impl in impls}, args.repeats, sync)
+        # The median is the figure judged; the best of the repeats is printed too, since on shared
+        # virtual cores a slow phase can last through all repeats of one case.
+        for statistic, reduce in (("median", statistics.median), (f"best of {args.repeats}", min)):
+            value = {impl: reduce(t) for impl, t in times.items()}
+            ours, name = value["surfharm"], f"{label}, {statistic}"
+            if "s3pipe" in value:
+                ratio = value["s3pipe"] / ours
+                status = "met" if ratio >= TARGETS[case] else "NOT met"
+                rows.append([name, f"{ours * 1e3:.0f} ms", f"{value['s3pipe'] * 1e3:.0f} ms", f"{ratio:.1f}x",
+                             f">= {TARGETS[case]:.0f}x", status if statistic == "median" else f"({status})"])
+            else:
+                rows.append([name, f"{ours * 1e3:.0f} ms", "-", "-", f">= {TARGETS[case]:.0f}x", "-"])
     del fns
 
     if not args.no_memory:

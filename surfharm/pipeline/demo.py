@@ -85,12 +85,12 @@ def demo_data(settings: DemoSettings):
     cortex mask (V,) bool."""
     from surfharm.evaluate.scenarios import simulated_data
 
-    data = simulated_data(demo_config(settings), name="infant scanner change (demo)")
+    data = simulated_data(demo_config(settings), name="infant scanner change (demo)", target_site=TARGET)
     rows = np.flatnonzero(data.table["site"].isin([TARGET, CHANGED]).to_numpy())
     table = data.table.iloc[rows].reset_index(drop=True)
     X = np.nan_to_num(data.X[rows], nan=0.0).astype(np.float32)
-    return replace(data, X=X, table=table, truth=data.truth[rows], traveling=data.traveling[rows],
-                   target_site=TARGET), data.mask
+    return replace(data, X=X, table=table, truth=data.truth[rows], truth_at_target=data.truth_at_target[rows],
+                   traveling=data.traveling[rows]), data.mask
 
 
 def methods(settings: DemoSettings, progress: bool) -> list:

@@ -54,7 +54,7 @@ def test_train_then_apply_matches_the_python_api(study):
                  "--model", str(model_path), "--output", str(tmp / "trained.mgh")])
     assert code == 0 and model_path.exists() and model_path.with_suffix(".json").exists()
     model = S2SGAN.load(model_path)
-    assert model.sites_ == ["B", "A"] and model.output_mean_ is not None
+    assert model.sites_ == ["B", "A"] and model.output_mean_ is None
     ab = table["site"].isin(["A", "B"]).to_numpy()
     trained = _read(tmp / "trained.mgh", (ab.sum(), maps.shape[1]))
     np.testing.assert_array_equal(trained, model.transform(maps[ab], table["site"][ab].to_numpy()))
@@ -83,12 +83,12 @@ def test_clear_errors(study, capsys):
     assert "is the input" in capsys.readouterr().err
 
 
-def test_train_without_calibration(study):
+def test_train_with_calibration(study):
     tmp, _, _ = study
-    path = tmp / "raw.safetensors"
+    path = tmp / "calibrated.safetensors"
     code = main(["s2sgan", "train", "--mgh", str(tmp / "lh.thickness.mgh"), "--fsgd", str(tmp / "study.fsgd"),
                  "--source", "B", "--target", "A", "--max-steps", "1", "--depth", "2", "--base-channels", "4",
-                 "--no-calibrate", "--quiet", "--model", str(path)])
+                 "--calibrate", "--quiet", "--model", str(path)])
     assert code == 0
     model = S2SGAN.load(path)
-    assert model.output_mean_ is None and model.calibrate is False
+    assert model.output_mean_ is not None and model.calibrate is True

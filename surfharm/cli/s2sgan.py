@@ -54,9 +54,9 @@ def register(subparsers) -> None:
                      help="covariates fed to the networks (e.g. age, for infant cohorts)")
     opt.add_argument("--validation-fraction", type=float, default=0.1,
                      help="share of each site's scans held out and scored every epoch (default 0.1)")
-    opt.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                     help="use the generators' outputs as they are, without matching them per vertex to the other "
-                          "site's mean and SD on the training scans")
+    opt.add_argument("--calibrate", action="store_true",
+                     help="after training, match the generators' outputs per vertex to the other site's mean and SD "
+                          "on the training scans (default: the outputs as they are)")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     opt.add_argument("--checkpoint-dir", help="folder for checkpoint.safetensors (must exist)")

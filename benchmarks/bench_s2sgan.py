@@ -80,7 +80,8 @@ def run_direction(args, target: str) -> None:
     data.X = np.where(np.isfinite(data.X), data.X, 0.0).astype(np.float32)
     options = dict(source=source, target=target, depth=args.depth, base_channels=args.base_channels,
                    disc_channels=args.base_channels, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                   residual=args.residual, cycle_weight=args.cycle_weight, seed=args.seed)
+                   residual=args.residual, cycle_weight=args.cycle_weight, seed=args.seed,
+                   keep_covariates=tuple(data.covariate_columns) if args.keep_covariates else ())
     s2sgan = {"off": [MethodSpec("s2sgan", options=dict(options, calibrate=False))],
               "on": [MethodSpec("s2sgan", label="s2sgan (calibrated)", options=dict(options, calibrate=True))]}
     s2sgan["both"] = s2sgan["off"] + s2sgan["on"]
@@ -91,7 +92,8 @@ def run_direction(args, target: str) -> None:
     print(f"\n## {source} -> {target} (the {blurred} site is the blurred, saturating one)\n", flush=True)
     print(f"scenario: level {args.level}, {args.n_per_site} scans per site, {args.n_traveling} traveling subjects; "
           f"S2SGAN: {args.steps} steps of batch {args.batch_size}, lr {args.lr}, cycle weight {args.cycle_weight}, "
-          f"U-Net depth {args.depth}, {args.base_channels} base channels, residual {args.residual}; "
+          f"U-Net depth {args.depth}, {args.base_channels} base channels, residual {args.residual}, "
+          f"kept covariates {args.keep_covariates}; "
           f"{args.splits}-fold CV repeated {args.cv_repeats} times", flush=True)
     start = time.perf_counter()
     result = run_benchmark(data, methods, n_splits=args.splits, seed=args.seed, cv_repeats=args.cv_repeats,
@@ -180,6 +182,8 @@ def main() -> None:
                         help="generators predict a correction of the input (start as mean/std matching)")
     parser.add_argument("--base-channels", type=int, default=8)
     parser.add_argument("--cycle-weight", type=float, default=10.0)
+    parser.add_argument("--keep-covariates", action=argparse.BooleanOptionalAction, default=True,
+                        help="S2SGAN keeps age and sex out of its site statistics, as ComBat does (default on)")
     parser.add_argument("--calibrate", choices=("on", "off", "both"), default="both",
                         help="S2SGAN without the per-vertex output calibration (off: the authors' generator output, "
                              "the harmonizer's default), with it (on), or both rows (each trains its own models)")

@@ -83,12 +83,13 @@ def test_clear_errors(study, capsys):
     assert "is the input" in capsys.readouterr().err
 
 
-def test_train_with_calibration(study):
+def test_train_with_calibration_and_kept_covariates(study):
     tmp, _, _ = study
     path = tmp / "calibrated.safetensors"
     code = main(["s2sgan", "train", "--mgh", str(tmp / "lh.thickness.mgh"), "--fsgd", str(tmp / "study.fsgd"),
                  "--source", "B", "--target", "A", "--max-steps", "1", "--depth", "2", "--base-channels", "4",
-                 "--calibrate", "--quiet", "--model", str(path)])
+                 "--calibrate", "--keep-covariates", "age", "--quiet", "--model", str(path)])
     assert code == 0
     model = S2SGAN.load(path)
     assert model.output_mean_ is not None and model.calibrate is True
+    assert model.keep_covariates == ("age",) and np.abs(model.keep_beta_).max() > 0

@@ -54,6 +54,9 @@ def register(subparsers) -> None:
                      help="covariates fed to the networks (e.g. age, for infant cohorts)")
     opt.add_argument("--validation-fraction", type=float, default=0.1,
                      help="share of each site's scans held out and scored every epoch (default 0.1)")
+    opt.add_argument("--keep-covariates", nargs="+", default=[], metavar="COLUMN",
+                     help="numeric columns (e.g. age) whose linear effects are biology to keep out of the site "
+                          "statistics, as ComBat keeps its covariates; 'apply' then needs them too")
     opt.add_argument("--calibrate", action="store_true",
                      help="after training, match the generators' outputs per vertex to the other site's mean and SD "
                           "on the training scans (default: the outputs as they are)")
@@ -110,14 +113,15 @@ def run_train(args) -> int:
         print(f"training on the {pair.n_scans} scans of sites {args.source} and {args.target} "
               f"({cohort.n_scans - pair.n_scans} scans of other sites left out)")
     sites = pair.sites.astype(str)
-    model = S2SGAN(source=args.source, target=args.target, condition_on=tuple(args.condition_on), depth=args.depth,
+    model = S2SGAN(source=args.source, target=args.target, condition_on=tuple(args.condition_on),
+                   keep_covariates=tuple(args.keep_covariates), depth=args.depth,
                    base_channels=args.base_channels, epochs=args.epochs, max_steps=args.max_steps,
                    batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                    validation_fraction=args.validation_fraction, calibrate=args.calibrate, seed=args.seed,
                    device=args.device,
                    checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
                    progress=not args.quiet)
-    covariates = _covariates(pair, args.condition_on)
+    covariates = _covariates(pair, dict.fromkeys([*args.condition_on, *args.keep_covariates]))
     model.fit(pair.maps, sites, covariates)
     last = model.history_[-1] if model.history_ else {}
     print(f"trained S2SGAN {args.source} -> {args.target} at level {model.level_} on {pair.n_scans} scans; "
@@ -139,7 +143,7 @@ def run_apply(args) -> int:
     model = S2SGAN.load(args.model, device=args.device)
     cohort = _read_cohort(args)
     sites = np.array([_as_model_label(s, model.sites_) for s in cohort.sites], dtype=object)
-    covariates = _covariates(cohort, model.condition_on)
+    covariates = _covariates(cohort, dict.fromkeys([*model.condition_on, *model.keep_covariates]))
     harmonized = model.transform(cohort.maps, sites, covariates, direction="reverse" if args.reverse else "forward")
     for path in cohort.with_maps(harmonized).write(args.output, overwrite=True):
         print(f"wrote {path}")

@@ -7,6 +7,12 @@ millimetres with the target's statistics:
 
     y = G_XY((x - mu_source) / sd_source) * sd_target + mu_target
 
+With ``keep_covariates`` (e.g. ``("age", "female")``) the linear effects of those covariates are kept out
+of the site statistics, as ComBat keeps its covariates: per vertex, pooled within-site slopes ``B`` are
+fitted on the training scans, every map is taken as ``x - (c - c_mean) B`` through the normalisation and
+the generator, and its own covariate part is added back to the output. Without it, a site whose scans
+are older than the other's would have its age difference removed as if it were a site effect.
+
 With ``calibrate=True`` the generator's output is first matched per vertex to mean 0 and SD 1 over
 the source's training scans, ``(G - m) / s``: the network supplies what a per-vertex map cannot, the
 correction removes the per-vertex bias a short training leaves. It is off by default: on the
@@ -53,6 +59,9 @@ class S2SGAN(Harmonizer):
     condition_on : tuple of str
         Covariate columns (of the DataFrame given to ``fit``/``transform``) fed to generators and
         discriminators as constant channels after standardisation, e.g. ``("age",)`` for infants.
+    keep_covariates : tuple of str
+        Numeric covariate columns whose linear effects are biology to keep (see the module
+        docstring); ``transform`` then needs them too. Default none (the authors' normalisation).
     depth, base_channels, residual, disc_channels, disc_down :
         Networks (:class:`surfharm.training.TrainingConfig`). Defaults suit level 5 on a CPU.
     epochs, max_steps, batch_size, lr, schedule, pool_size :
@@ -85,6 +94,8 @@ class S2SGAN(Harmonizer):
     mean_, std_ : (2, V) per-site per-vertex statistics (mm), rows in ``sites_`` order
     mask_ : (V,) bool, vertices finite in every training scan and not constant across them
     cond_mean_, cond_std_ : (n_cond,) standardisation of ``condition_on``
+    keep_center_ : (n_keep,) training means of ``keep_covariates``;  keep_beta_ : (n_keep, V) their
+        pooled within-site slopes (mm per unit), 0 outside ``mask_``
     output_mean_, output_std_ : (2, V) or None, with ``calibrate``: per-vertex mean and standard
         deviation (z-units) of G_XY's outputs on the source's training scans (row 0) and of G_YX's on
         the target's (row 1), mapped to 0 and 1 by ``transform``
@@ -92,8 +103,8 @@ class S2SGAN(Harmonizer):
     history_ : list of dicts, per-epoch losses and validation scores
     """
 
-    def __init__(self, *, source=None, target=None, condition_on: tuple = (), depth: int = 4,
-                 base_channels: int = 16, residual: bool = False, disc_channels: int = 16, disc_down: int = 3,
+    def __init__(self, *, source=None, target=None, condition_on: tuple = (), keep_covariates: tuple = (),
+                 depth: int = 4, base_channels: int = 16, residual: bool = False, disc_channels: int = 16, disc_down: int = 3,
                  epochs: int = 50, max_steps: int | None = None, batch_size: int = 1, lr: float = 2e-4,
                  schedule: str = "cosine", pool_size: int = 20, cycle_weight: float = 10.0,
                  identity_weight: float = 0.5, correlation_weight: float = 0.5, validation_fraction: float = 0.0,
@@ -102,6 +113,7 @@ class S2SGAN(Harmonizer):
         self.source = source
         self.target = target
         self.condition_on = condition_on
+        self.keep_covariates = keep_covariates
         self.depth = depth
         self.base_channels = base_channels
         self.residual = residual
@@ -161,6 +173,7 @@ class S2SGAN(Harmonizer):
             raise HarmonizerInputError("no vertex is finite and varying in every training scan: "
                                        "the maps share no cortex")
         train_rows, val_rows = self._split(rows)
+        X = X - self._fit_covariate_effects(X, covariates, train_rows)
         with warnings.catch_warnings():  # all-NaN columns (medial wall) give NaN, masked just below
             warnings.simplefilter("ignore", RuntimeWarning)
             self.mean_ = np.stack([np.nanmean(X[r], axis=0) for r in train_rows]).astype(np.float32)
@@ -233,6 +246,28 @@ class S2SGAN(Harmonizer):
                 f"pass only the scans of {source!r} and {target!r} (a model per pair of sites)")
         return [_plain(source), _plain(target)]
 
+    def _fit_covariate_effects(self, X, covariates, train_rows) -> np.ndarray:
+        """Fit the pooled within-site slopes of ``keep_covariates``; returns their part of X (n, V)."""
+        names = list(self.keep_covariates)
+        self.keep_center_ = np.zeros(len(names), np.float32)
+        self.keep_beta_ = np.zeros((len(names), X.shape[1]), np.float32)
+        if not names:
+            return np.zeros((1, X.shape[1]), np.float32)
+        values = self._condition_values(covariates, X.shape[0], names, "keep_covariates")
+        design = np.concatenate([values[r] - values[r].mean(axis=0) for r in train_rows])      # within-site
+        maps = np.concatenate([X[r][:, self.mask_] - X[r][:, self.mask_].mean(axis=0) for r in train_rows])
+        if np.linalg.matrix_rank(design) < len(names):
+            raise HarmonizerInputError(f"keep_covariates {names} do not vary independently within the sites "
+                                       "(a column is constant within each site, or columns are collinear)")
+        beta, *_ = np.linalg.lstsq(design, maps.astype(np.float64), rcond=None)             # (p, V_mask)
+        self.keep_center_ = values[np.concatenate(train_rows)].mean(axis=0).astype(np.float32)
+        self.keep_beta_[:, self.mask_] = beta
+        return self._covariate_part(values)
+
+    def _covariate_part(self, values: np.ndarray) -> np.ndarray:
+        """(n, V) float32 mm: the kept covariates' part of each map (0 outside the mask)."""
+        return ((values - self.keep_center_) @ self.keep_beta_).astype(np.float32)
+
     def _fit_conditions(self, covariates, n_scans: int):
         names = list(self.condition_on)
         if not names:
@@ -243,14 +278,14 @@ class S2SGAN(Harmonizer):
         self.cond_std_ = np.maximum(values.std(axis=0), 1e-6).astype(np.float32)
         return ((values - self.cond_mean_) / self.cond_std_).astype(np.float32)
 
-    def _condition_values(self, covariates, n_scans: int) -> np.ndarray:
-        names = list(self.condition_on)
+    def _condition_values(self, covariates, n_scans: int, names=None, option: str = "condition_on") -> np.ndarray:
+        names = list(self.condition_on if names is None else names)
         if not isinstance(covariates, pd.DataFrame):
-            raise HarmonizerInputError(f"condition_on={names} needs covariates as a DataFrame with those columns, "
+            raise HarmonizerInputError(f"{option}={names} needs covariates as a DataFrame with those columns, "
                                        f"got {type(covariates).__name__}")
         missing = [c for c in names if c not in covariates.columns]
         if missing:
-            raise HarmonizerInputError(f"covariates lack column(s) {missing} named in condition_on; "
+            raise HarmonizerInputError(f"covariates lack column(s) {missing} named in {option}; "
                                        f"columns are {list(covariates.columns)}")
         if len(covariates) != n_scans:
             raise HarmonizerInputError(f"covariates have {len(covariates)} rows for {n_scans} scans")
@@ -345,12 +380,17 @@ class S2SGAN(Harmonizer):
         if len(self.condition_on):
             values = self._condition_values(covariates, X.shape[0])
             cond = ((values - self.cond_mean_) / self.cond_std_).astype(np.float32)
+        kept = np.zeros((1, X.shape[1]), np.float32)
+        if len(self.keep_covariates):
+            kept = self._covariate_part(self._condition_values(covariates, X.shape[0], self.keep_covariates,
+                                                               "keep_covariates"))
         moving = 0 if direction == "forward" else 1
         out = X.copy()
         rows = np.flatnonzero(sites == self.sites_[moving])
         for start in range(0, len(rows), int(batch_size)):
             r = rows[start:start + int(batch_size)]
-            out[r] = self._generate(X[r], moving, None if cond is None else cond[r])
+            part = kept[r] if len(kept) > 1 else kept
+            out[r] = self._generate(X[r] - part, moving, None if cond is None else cond[r]) + part
         return out
 
     def _generate(self, X: np.ndarray, domain: int, cond) -> np.ndarray:
@@ -382,7 +422,8 @@ class S2SGAN(Harmonizer):
         tensors.update({f"generator_yx.{k}": v for k, v in self.generator_yx_.state_dict().items()})
         tensors.update({"mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
                         "mask": torch.from_numpy(self.mask_.astype(np.uint8)),
-                        "cond_mean": torch.from_numpy(self.cond_mean_), "cond_std": torch.from_numpy(self.cond_std_)})
+                        "cond_mean": torch.from_numpy(self.cond_mean_), "cond_std": torch.from_numpy(self.cond_std_),
+                        "keep_center": torch.from_numpy(self.keep_center_), "keep_beta": torch.from_numpy(self.keep_beta_)})
         if self.output_mean_ is not None:
             tensors.update({"output_mean": torch.from_numpy(self.output_mean_),
                             "output_std": torch.from_numpy(self.output_std_)})
@@ -391,6 +432,7 @@ class S2SGAN(Harmonizer):
 
         params = {k: v for k, v in self.get_params().items() if k not in ("checkpoint_dir", "resume", "progress")}
         params["condition_on"] = list(self.condition_on)
+        params["keep_covariates"] = list(self.keep_covariates)
         meta = {"format": MODEL_FORMAT, "format_version": 1, "surfharm_version": surfharm.__version__,
                 "sites": self.sites_, "level": self.level_, "n_features": self.n_features_in_,
                 "params": params, "history": self.history_}
@@ -404,6 +446,7 @@ class S2SGAN(Harmonizer):
         tensors, meta = read_safetensors(path, expected_format=MODEL_FORMAT)
         params = dict(meta["params"])
         params["condition_on"] = tuple(params.get("condition_on", ()))
+        params["keep_covariates"] = tuple(params.get("keep_covariates", ()))
         params["device"] = device
         model = cls(**params)
         model.sites_, model.level_, model.n_features_in_ = meta["sites"], int(meta["level"]), int(meta["n_features"])
@@ -412,6 +455,10 @@ class S2SGAN(Harmonizer):
         model.mask_ = tensors["mask"].numpy().astype(bool)
         model.cond_mean_, model.cond_std_ = tensors["cond_mean"].numpy(), tensors["cond_std"].numpy()
         model.output_mean_ = tensors["output_mean"].numpy() if "output_mean" in tensors else None
+        n_keep = len(model.keep_covariates)
+        model.keep_center_ = tensors["keep_center"].numpy() if "keep_center" in tensors else np.zeros(n_keep, np.float32)
+        model.keep_beta_ = (tensors["keep_beta"].numpy() if "keep_beta" in tensors
+                            else np.zeros((n_keep, model.n_features_in_), np.float32))
         model.output_std_ = tensors["output_std"].numpy() if "output_std" in tensors else None
         config = model.training_config(model.level_)
         for name in ("generator_xy", "generator_yx"):

@@ -16,8 +16,9 @@ are older than the other's would have its age difference removed as if it were a
 With ``calibrate=True`` the generator's output is first matched per vertex to mean 0 and SD 1 over
 the source's training scans, ``(G - m) / s``: the network supplies what a per-vertex map cannot, the
 correction removes the per-vertex bias a short training leaves. It is off by default: on the
-benchmark (A -> B, 3 cross-validation splits) it lowered the site AUROC from 0.676 to 0.651, less than
-the spread between splits (SD 0.06-0.08), and raised the traveling-subject MAE from 0.062 to 0.065 mm.
+benchmark (3 cross-validation splits) it lowered the site AUROC from 0.676 to 0.651 in one direction
+(less than the spread between splits, SD 0.06-0.08), raised it from 0.667 to 0.695 in the other, and
+raised the traveling-subject MAE in both (A -> B: from 0.062 to 0.065 mm).
 
 ``transform`` maps source-site scans to the target and returns target-site scans unchanged
 (``direction="reverse"``: target scans to the source, source scans unchanged). Vertices that are

@@ -174,7 +174,9 @@ class S2SGAN(Harmonizer):
             raise HarmonizerInputError("no vertex is finite and varying in every training scan: "
                                        "the maps share no cortex")
         train_rows, val_rows = self._split(rows)
-        X = X - self._fit_covariate_effects(X, covariates, train_rows)
+        kept = self._fit_covariate_effects(X, covariates, train_rows)
+        if kept is not None:
+            X = X - kept
         with warnings.catch_warnings():  # all-NaN columns (medial wall) give NaN, masked just below
             warnings.simplefilter("ignore", RuntimeWarning)
             self.mean_ = np.stack([np.nanmean(X[r], axis=0) for r in train_rows]).astype(np.float32)
@@ -247,13 +249,14 @@ class S2SGAN(Harmonizer):
                 f"pass only the scans of {source!r} and {target!r} (a model per pair of sites)")
         return [_plain(source), _plain(target)]
 
-    def _fit_covariate_effects(self, X, covariates, train_rows) -> np.ndarray:
-        """Fit the pooled within-site slopes of ``keep_covariates``; returns their part of X (n, V)."""
+    def _fit_covariate_effects(self, X, covariates, train_rows) -> np.ndarray | None:
+        """Fit the pooled within-site slopes of ``keep_covariates``; returns their part of X (n, V),
+        or None when none are kept."""
         names = list(self.keep_covariates)
         self.keep_center_ = np.zeros(len(names), np.float32)
         self.keep_beta_ = np.zeros((len(names), X.shape[1]), np.float32)
         if not names:
-            return np.zeros((1, X.shape[1]), np.float32)
+            return None
         values = self._condition_values(covariates, X.shape[0], names, "keep_covariates")
         design = np.concatenate([values[r] - values[r].mean(axis=0) for r in train_rows])      # within-site
         maps = np.concatenate([X[r][:, self.mask_] - X[r][:, self.mask_].mean(axis=0) for r in train_rows])
@@ -381,16 +384,15 @@ class S2SGAN(Harmonizer):
         if len(self.condition_on):
             values = self._condition_values(covariates, X.shape[0])
             cond = ((values - self.cond_mean_) / self.cond_std_).astype(np.float32)
-        kept = np.zeros((1, X.shape[1]), np.float32)
+        kept = None
         if len(self.keep_covariates):
-            kept = self._covariate_part(self._condition_values(covariates, X.shape[0], self.keep_covariates,
-                                                               "keep_covariates"))
+            kept = self._condition_values(covariates, X.shape[0], self.keep_covariates, "keep_covariates")
         moving = 0 if direction == "forward" else 1
         out = X.copy()
         rows = np.flatnonzero(sites == self.sites_[moving])
         for start in range(0, len(rows), int(batch_size)):
             r = rows[start:start + int(batch_size)]
-            part = kept[r] if len(kept) > 1 else kept
+            part = 0.0 if kept is None else self._covariate_part(kept[r])     # (batch, V), made per batch
             out[r] = self._generate(X[r] - part, moving, None if cond is None else cond[r]) + part
         return out
 

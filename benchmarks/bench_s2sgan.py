@@ -99,8 +99,8 @@ def run_direction(args, target: str) -> None:
     result = run_benchmark(data, methods, n_splits=args.splits, seed=args.seed, cv_repeats=args.cv_repeats,
                            progress=lambda line: print(line, flush=True))
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
-    columns = ["method", "tr_mae_target", "tr_psnr_target", "tr_r_target", "tr_ssim_target", "site_auroc", "site_auroc_sd",
-               "age_r2", "age_r2_ratio", "age_r2_ratio_target", "tr_mae_truth", "fit_seconds"]
+    columns = ["method", "tr_mae_target", "tr_psnr_target", "tr_r_target", "tr_ssim_target", "site_auroc",
+               "site_auroc_sd", "age_r2", "age_r2_ratio", "age_r2_ratio_target", "tr_mae_truth", "fit_seconds"]
     table = result.table[[c for c in columns if c in result.table.columns]]
     print(table.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else table.to_string(index=False))
     ratio = data.X.shape[1] / data.mask.sum()

@@ -20,13 +20,20 @@ import scipy.sparse as sp
 import torch
 from torch.autograd.function import once_differentiable
 
-#: Vertices per tile on CPU: the gathered tile (TILE * 7 * C floats) then fits in L2/L3 cache.
+#: Vertices per tile on CPU, at most: small tiles keep the gathered block in cache.
 CPU_TILE = 4096
+#: Bytes of one gathered tile on CPU, at most (wide layers get fewer vertices per tile): the buffer
+#: stays in cache and is small next to the activations, so it does not fragment the heap.
+CPU_TILE_BYTES = 4 << 20
+CPU_MIN_TILE = 256
 
 
-def _tile_size(device: torch.device, n: int) -> int:
+def _tile_size(device: torch.device, n: int, row_bytes: int) -> int:
+    """Vertices per tile for gathered rows of ``row_bytes`` bytes (K slots x C channels x element size)."""
     # GPUs prefer one large launch; the caching allocator makes the big temporary cheap there.
-    return n if device.type != "cpu" else min(n, CPU_TILE)
+    if device.type != "cpu":
+        return n
+    return min(n, CPU_TILE, max(CPU_MIN_TILE, CPU_TILE_BYTES // max(row_bytes, 1)))
 
 
 class _NeighborhoodConv(torch.autograd.Function):
@@ -81,7 +88,7 @@ def _conv_tiles(src_rows, w_rows, flat_index, k, out, bias_col=None):
     """
     batch, _, c = src_rows.shape
     n_out = out.shape[2]
-    tile = _tile_size(src_rows.device, n_out)
+    tile = _tile_size(src_rows.device, n_out, k * c * src_rows.element_size())
     buf = src_rows.new_empty(tile * k, c)
     for b in range(batch):
         for start in range(0, n_out, tile):
@@ -112,7 +119,7 @@ def _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need
     wt_rows = _slot_major(weight.transpose(0, 1)) if need_x else None          # (C, K*O)
     grad_x = grad_y.new_empty(batch, c_in, n_in) if need_x else None
     grad_w_cols = grad_y.new_zeros(c_in, k * c_out) if need_w else None        # (C, K*O)
-    tile = _tile_size(x.device, n_in)
+    tile = _tile_size(x.device, n_in, k * c_out * grad_y.element_size())
     buf = grad_y.new_empty(tile * k, c_out)
     for b in range(batch):
         for start in range(0, n_in, tile):
@@ -146,7 +153,7 @@ def _weight_grad_by_output_tiles(x, grad_y, flat_index, k, c_out):
     batch, c_in, _ = x.shape
     n_out = grad_y.shape[2]
     x_rows = x.transpose(1, 2).contiguous()
-    tile = _tile_size(x.device, n_out)
+    tile = _tile_size(x.device, n_out, k * c_in * x.element_size())
     buf = x.new_empty(tile * k, c_in)
     grad_w_rows = x.new_zeros(c_out, k * c_in)
     for b in range(batch):
@@ -163,7 +170,7 @@ def _input_grad_by_scatter(grad_y, weight, flat_index, k, n_in):
     batch, c_out, n_out = grad_y.shape
     c_in = weight.shape[1]
     w_rows = _slot_major(weight)
-    tile = _tile_size(grad_y.device, n_out)
+    tile = _tile_size(grad_y.device, n_out, k * c_in * grad_y.element_size())
     grad_buf = grad_y.new_empty(tile, k * c_in)
     grad_x_rows = grad_y.new_zeros(batch, n_in, c_in)
     for b in range(batch):

@@ -242,12 +242,15 @@ class IcoUpConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.level, "IcoUpConv")
         batch, _, n_coarse = x.shape
-        z = torch.matmul(x.transpose(1, 2), self.weight.to(x.dtype).t())        # (B, V, 7*out)
+        weight_t = self.weight.to(x.dtype).t().expand(batch, -1, -1)            # (B, in, 7*out)
+        if self.bias is None:
+            z = torch.bmm(x.transpose(1, 2), weight_t)                          # (B, V, 7*out)
+        else:
+            # Every fine output is one slot output or the mean of two, so a bias added to every slot
+            # output, inside the product, is added to the result: no extra pass over the fine mesh.
+            z = torch.baddbmm(self.bias.to(x.dtype).repeat(7), x.transpose(1, 2), weight_t)
         z = z.reshape(batch, 7 * n_coarse, self.out_channels).transpose(1, 2)   # (B, out, 7V)
-        y = sparse_map(z, self.matrix, self.matrix_t)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype).view(1, -1, 1)
-        return y
+        return sparse_map(z, self.matrix, self.matrix_t)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, level={self.level} -> {self.level + 1}"
@@ -342,7 +345,7 @@ class IcoUNet(nn.Module):
         for i in reversed(range(depth - 1)):
             self.up.append(IcoUpConv(widths[i + 1], widths[i], levels[i + 1]))
             self.merge.append(_ConvBlock(2 * widths[i], widths[i], levels[i], norm, ring))
-        self.head = nn.Conv1d(widths[0], out_channels, kernel_size=1)
+        self.head = PointwiseLinear(widths[0], out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.level, "IcoUNet")
@@ -352,11 +355,35 @@ class IcoUNet(nn.Module):
             skips.append(x)
         skips.pop()
         for up, merge in zip(self.up, self.merge):
-            x = merge(torch.cat([up(x), skips.pop()], dim=1))
+            x = merge(_cat_vertex_major(up(x), skips.pop()))
         return self.head(x)
 
     def extra_repr(self) -> str:
         return f"level={self.level}, depth={self.depth}"
+
+
+class PointwiseLinear(nn.Conv1d):
+    """A per-vertex linear map (``nn.Conv1d`` with kernel size 1, same parameters and ``state_dict``),
+    computed as one matrix product: the convolution path would copy its input into another layout.
+
+    Shapes:
+        input (B, in_channels, V), output (B, out_channels, V).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(self.weight[:, :, 0].to(x.dtype), x)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype).view(1, -1, 1)
+        return y
+
+
+def _cat_vertex_major(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Channel concatenation of two (B, C, V) tensors, stored vertex-major: a (B, C_a + C_b, V) view
+    of (B, V, C_a + C_b) memory, the layout the next convolution gathers from (so it copies nothing)."""
+    return torch.cat([a.transpose(1, 2), b.transpose(1, 2)], dim=2).transpose(1, 2)
 
 
 def _check_channels(value, name: str) -> None:

@@ -82,14 +82,20 @@ def test_ico_conv_matches_loop_reference(level, ring):
         torch.testing.assert_close(a, b)
 
 
-def test_ico_conv_tiles_match_one_shot(monkeypatch):
-    """Level 5 spans several CPU tiles; the result must not depend on the tile size."""
+@pytest.mark.parametrize("c_in, c_out, level", [(2, 3, 5), (256, 4, 3), (4, 256, 3)])
+def test_ico_conv_tiles_match_one_shot(monkeypatch, c_in, c_out, level):
+    """Level 5 spans several CPU tiles, and so does level 3 where 256 channels make the rows wide
+    (the forward tiles by input width, the backward by output width); the result must not depend on
+    the tile size."""
     from spherical_ops import functional
+    row_bytes = 7 * max(c_in, c_out) * 4
+    assert functional._tile_size(torch.device("cpu"), so.n_vertices(level), row_bytes) < so.n_vertices(level)
     torch.manual_seed(1)
-    conv = IcoConv(2, 3, 5)
-    x = torch.randn(1, 2, so.n_vertices(5), requires_grad=True)
+    conv = IcoConv(c_in, c_out, level)
+    x = torch.randn(1, c_in, so.n_vertices(level), requires_grad=True)
     y_tiled, g_tiled = grads(lambda: conv(x), x, conv.weight)
     monkeypatch.setattr(functional, "CPU_TILE", 10 ** 9)
+    monkeypatch.setattr(functional, "CPU_TILE_BYTES", 10 ** 12)
     y_one, g_one = grads(lambda: conv(x), x, conv.weight)
     torch.testing.assert_close(y_tiled, y_one)
     for a, b in zip(g_tiled, g_one):

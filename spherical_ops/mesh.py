@@ -23,10 +23,11 @@ free of a scale factor.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
+
+from spherical_ops._cache import level_cache
 
 MAX_LEVEL = 7
 
@@ -145,7 +146,7 @@ def _subdivide(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.
     return np.concatenate([vertices, new_vertices]), np.concatenate([corner_a, rest]), parents
 
 
-@functools.lru_cache(maxsize=None)
+@level_cache
 def _build(level: int) -> tuple[IcoSphere, np.ndarray]:
     if level == 0:
         vertices, faces, parents = _ic0_vertices(), IC0_FACES.copy(), np.zeros((0, 2), np.int64)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from spherical_ops import topology
+from spherical_ops._cache import transient
 from spherical_ops.functional import (averaging_matrix, csr_tensor, group_norm_leaky_relu, neighborhood_conv,
                                       sparse_map, transpose_table)
 from spherical_ops.mesh import check_level, n_vertices
@@ -53,12 +54,15 @@ def topology_level(n: int) -> int:
 # Index tables and sparse maps are shared by every layer at the same level (one copy in memory, not
 # one per layer) and stored with int32 indices: at level 7 this is ~20 MB instead of ~75 MB per U-Net.
 # Modules register these shared tensors as buffers; ``.to()`` gives each module its own moved copy.
+# The meshes and numpy tables they are made from are needed only meanwhile: computed inside
+# ``transient()``, they are not kept in the caches of ``mesh`` and ``topology`` (~45 MB at level 7).
 
 @functools.lru_cache(maxsize=None)
 def _shared_index(kind: str, level: int) -> torch.Tensor:
     tables = {"ring1": topology.neighbors_1ring, "ring2": topology.neighbors_2ring,
               "pool": topology.pooling_index}
-    return torch.from_numpy(np.ascontiguousarray(tables[kind](level), dtype=np.int32))
+    with transient():
+        return torch.from_numpy(np.ascontiguousarray(tables[kind](level), dtype=np.int32))
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,6 +75,11 @@ def _shared_transpose(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor
 @functools.lru_cache(maxsize=None)
 def _shared_sparse(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, M^T) as CSR tensors for the fixed linear maps of pooling and upsampling."""
+    with transient():
+        return _sparse_pair(kind, level)
+
+
+def _sparse_pair(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor]:
     if kind == "pool_mean":
         matrix = averaging_matrix(topology.pooling_index(level), n_vertices(level))
     elif kind == "upsample":
@@ -327,6 +336,10 @@ class IcoUNet(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, level: int, depth: int = 5,
                  base_channels: int = 16, norm: str = "group", ring: int = 1):
         super().__init__()
+        with transient():   # one mesh per level for all the layers' tables, dropped once they exist
+            self._build_layers(in_channels, out_channels, level, depth, base_channels, norm, ring)
+
+    def _build_layers(self, in_channels, out_channels, level, depth, base_channels, norm, ring) -> None:
         self.level = check_level(level)
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be a positive int, got {depth!r}")

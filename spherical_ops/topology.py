@@ -11,11 +11,10 @@ convolution weight never mixes a missing neighbour with a real one.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import scipy.sparse as sp
 
+from spherical_ops._cache import level_cache
 from spherical_ops.mesh import check_level, icosphere, n_vertices, upsample_parents
 
 
@@ -24,7 +23,7 @@ def _readonly(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-@functools.lru_cache(maxsize=None)
+@level_cache
 def adjacency(level: int) -> sp.csr_matrix:
     """Vertex adjacency of the level-``level`` sphere: (V, V) CSR, 1 where an edge joins two vertices."""
     faces = icosphere(level).faces
@@ -80,7 +79,7 @@ def _padded_rows(matrix: sp.csr_matrix, width: int) -> tuple[np.ndarray, np.ndar
     return out, valid
 
 
-@functools.lru_cache(maxsize=None)
+@level_cache
 def neighbors_1ring(level: int) -> np.ndarray:
     """1-ring neighbourhoods: (V, 7) int64, six neighbours in angular order then the centre.
 
@@ -94,7 +93,7 @@ def neighbors_1ring(level: int) -> np.ndarray:
     return _readonly(np.concatenate([ring, centres[:, None]], axis=1))
 
 
-@functools.lru_cache(maxsize=None)
+@level_cache
 def neighbors_2ring(level: int) -> np.ndarray:
     """2-ring neighbourhoods: (V, 19) int64: the six 1-ring neighbours (as in :func:`neighbors_1ring`),
     then the twelve vertices at graph distance 2 in angular order, then the centre.
@@ -116,7 +115,7 @@ def neighbors_2ring(level: int) -> np.ndarray:
     return _readonly(np.concatenate([one[:, :6], ring2, one[:, 6:]], axis=1))
 
 
-@functools.lru_cache(maxsize=None)
+@level_cache
 def pooling_index(level: int) -> np.ndarray:
     """Pooling table from level ``level`` to ``level - 1``: (V(level-1), 7) int64.
 
@@ -129,7 +128,7 @@ def pooling_index(level: int) -> np.ndarray:
     return _readonly(np.ascontiguousarray(neighbors_1ring(level)[: n_vertices(level - 1)]))
 
 
-@functools.lru_cache(maxsize=None)
+@level_cache
 def upsampling_parents(level: int) -> np.ndarray:
     """Parents of the vertices that level ``level`` adds: (V(level) - V(level-1), 2) int64.
 
@@ -139,7 +138,7 @@ def upsampling_parents(level: int) -> np.ndarray:
     return upsample_parents(level)
 
 
-@functools.lru_cache(maxsize=None)
+@level_cache
 def upconv_slots(level: int) -> np.ndarray:
     """Where each fine vertex reads its transposed-convolution value: (V(level), 2) int64.
 

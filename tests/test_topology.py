@@ -76,3 +76,21 @@ def test_level7_tables_shapes():
     assert topology.neighbors_2ring(7).shape == (163842, 19)
     assert topology.upsampling_parents(7).shape == (163842 - 40962, 2)
     assert topology.neighbors_1ring(7).max() == 163841
+
+
+def test_network_build_does_not_keep_meshes_it_computed():
+    """Layers keep int32 torch copies of the tables; the float64 meshes and int64 tables computed for
+    them are dropped, while what the caller had cached before stays cached."""
+    from spherical_ops import mesh
+    from spherical_ops.nn import IcoUNet, _shared_index, _shared_sparse, _shared_transpose
+
+    for cache in (_shared_index, _shared_transpose, _shared_sparse, mesh._build, topology.adjacency,
+                  topology.neighbors_1ring, topology.pooling_index, topology.upconv_slots):
+        cache.cache_clear()
+    so.icosphere(2)                                     # cached by the caller before the build
+    IcoUNet(1, 1, 4, depth=3, base_channels=4)
+    assert [mesh._build.cache_contains(level) for level in range(5)] == [True, True, True, False, False]
+    assert not any(topology.neighbors_1ring.cache_contains(level) for level in range(5))
+    # Outside a build, calls are cached as before.
+    ring = topology.neighbors_1ring(4)
+    assert topology.neighbors_1ring(4) is ring and mesh._build.cache_contains(4)

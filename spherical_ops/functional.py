@@ -6,8 +6,9 @@ dominates memory. Here the gather is done tile by tile into a small reused buffe
 each tile is multiplied at once, and the gathered tensor is never stored: the backward pass reads
 the neighbourhood table backwards (:func:`transpose_table`) and gathers the output gradient once per
 input tile for both gradients, so rows are gathered and never scattered. Pooling, parameter-free
-upsampling and the averaging step of the transposed convolution are fixed linear maps, applied as
-sparse CSR matrices.
+upsampling and the averaging step of the transposed convolution average fixed lists of vertices
+("bags"): the forward pass is one fused gather-and-mean (``embedding_bag``, no temporary), the
+backward pass the transposed averaging matrix in sparse CSR form.
 
 All functions take channels-first tensors ``(B, C, V)`` like the layers.
 """
@@ -252,22 +253,23 @@ def neighborhood_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return _NeighborhoodConv.apply(x, weight, bias, index.reshape(-1), k, reverse, extras, per_slot)
 
 
-class _SparseMap(torch.autograd.Function):
-    """y = x @ M^T along the vertex axis for a fixed sparse M (V_out, V_in); backward uses M^T."""
+class _BagMean(torch.autograd.Function):
+    """y[:, :, v] = mean_k x[:, :, bags[v, k]] (a fixed linear map M); backward uses M^T."""
 
     @staticmethod
-    def forward(ctx, x, matrix, matrix_t):
-        # The map follows the input's precision (a float64 input is not rounded to float32).
-        matrix, matrix_t = matrix.to(x.dtype), matrix_t.to(x.dtype)
-        out = torch.sparse.mm(matrix, _vertex_rows(x))                   # (V_out, B*C)
+    def forward(ctx, x, bags, matrix_t):
+        # One fused gather-and-mean into the output rows: the sparse-matrix product would fill a zero
+        # matrix first, and at level 7 is 3x slower.
+        rows = torch.nn.functional.embedding_bag(bags, _vertex_rows(x), mode="mean")    # (V_out, B*C)
         ctx.save_for_backward(matrix_t)
-        return _from_vertex_rows(out, x.shape[0])
+        return _from_vertex_rows(rows, x.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
         (matrix_t,) = ctx.saved_tensors
-        grad = torch.sparse.mm(matrix_t, _vertex_rows(grad_y.to(matrix_t.dtype)))
+        matrix_t = matrix_t.to(grad_y.dtype)    # the gradient keeps the input's precision
+        grad = torch.sparse.mm(matrix_t, _vertex_rows(grad_y))
         return _from_vertex_rows(grad, grad_y.shape[0]), None, None
 
 
@@ -283,18 +285,20 @@ def _from_vertex_rows(rows: torch.Tensor, batch: int) -> torch.Tensor:
     return rows.view(rows.shape[0], batch, -1).permute(1, 2, 0)
 
 
-def sparse_map(x: torch.Tensor, matrix: torch.Tensor, matrix_t: torch.Tensor) -> torch.Tensor:
-    """Apply a fixed sparse linear map along the vertex axis.
+def bag_mean(x: torch.Tensor, bags: torch.Tensor, matrix_t: torch.Tensor) -> torch.Tensor:
+    """Average fixed lists of vertices: ``y[b, c, v] = mean_k x[b, c, bags[v, k]]``.
 
     Args:
         x: (B, C, V_in).
-        matrix: (V_out, V_in) sparse CSR tensor; ``matrix_t`` its transpose (V_in, V_out), CSR.
+        bags: (V_out, K) int32 or int64 table; a vertex listed twice in a row counts twice.
+        matrix_t: the transposed averaging matrix, (V_in, V_out) sparse CSR
+            (``csr_tensor(averaging_matrix(bags, V_in).T)``), used by the backward pass.
 
     Returns:
-        (B, C, V_out) with ``y[b, c] = matrix @ x[b, c]``, a strided view of vertex-major rows
-        (``.contiguous()`` gives channels-first memory where a caller needs it).
+        (B, C, V_out), a strided view of vertex-major rows (``.contiguous()`` gives channels-first
+        memory where a caller needs it).
     """
-    return _SparseMap.apply(x, matrix, matrix_t)
+    return _BagMean.apply(x, bags, matrix_t)
 
 
 def csr_tensor(matrix: sp.spmatrix, dtype: torch.dtype = torch.float32) -> torch.Tensor:

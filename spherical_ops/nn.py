@@ -10,14 +10,13 @@ import functools
 import math
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import nn
 
 from spherical_ops import topology
 from spherical_ops._cache import transient
-from spherical_ops.functional import (averaging_matrix, csr_tensor, group_norm_leaky_relu, neighborhood_conv,
-                                      sparse_map, transpose_table)
+from spherical_ops.functional import (averaging_matrix, bag_mean, csr_tensor, group_norm_leaky_relu,
+                                      neighborhood_conv, transpose_table)
 from spherical_ops.mesh import check_level, n_vertices
 
 __all__ = ["IcoConv", "IcoPool", "IcoUpConv", "IcoUpsample", "IcoUNet", "GroupNormLeakyReLU", "check_input"]
@@ -73,30 +72,26 @@ def _shared_transpose(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 @functools.lru_cache(maxsize=None)
-def _shared_sparse(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, M^T) as CSR tensors for the fixed linear maps of pooling and upsampling."""
+def _shared_bags(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bags, M^T) of the fixed averaging maps of pooling and upsampling: bags (V_out, K) int32 lists
+    the vertices each output averages, M^T is the transposed averaging matrix (CSR) for the backward."""
     with transient():
-        return _sparse_pair(kind, level)
+        bags, n_in = _bag_table(kind, level)
+        matrix_t = csr_tensor(averaging_matrix(bags, n_in).T)
+        return torch.from_numpy(np.ascontiguousarray(bags, dtype=np.int32)), matrix_t
 
 
-def _sparse_pair(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _bag_table(kind: str, level: int) -> tuple[np.ndarray, int]:
+    """(bags (V_out, K), V_in) for mean pooling from ``level``, upsampling or the transposed
+    convolution's averaging from ``level`` to ``level + 1``."""
     if kind == "pool_mean":
-        matrix = averaging_matrix(topology.pooling_index(level), n_vertices(level))
-    elif kind == "upsample":
-        n_coarse, n_fine = n_vertices(level), n_vertices(level + 1)
-        parents = topology.upsampling_parents(level + 1)
-        rows = np.concatenate([np.arange(n_coarse), np.repeat(np.arange(n_coarse, n_fine), 2)])
-        cols = np.concatenate([np.arange(n_coarse), parents.reshape(-1)])
-        vals = np.concatenate([np.ones(n_coarse), np.full(parents.size, 0.5)])
-        matrix = sp.csr_matrix((vals, (rows, cols)), shape=(n_fine, n_coarse))
-    elif kind == "upconv":
-        slots = topology.upconv_slots(level + 1)                    # (V_fine, 2) into 7 * V_coarse
-        rows = np.repeat(np.arange(slots.shape[0]), 2)
-        matrix = sp.csr_matrix((np.full(rows.size, 0.5), (rows, slots.reshape(-1))),
-                               shape=(slots.shape[0], 7 * n_vertices(level)))
-    else:
-        raise ValueError(f"unknown sparse map {kind!r}")
-    return csr_tensor(matrix), csr_tensor(sp.csr_matrix(matrix).T)
+        return topology.pooling_index(level), n_vertices(level)
+    if kind == "upsample":                          # coarse vertices keep their value, new ones average
+        coarse = np.arange(n_vertices(level))
+        return np.concatenate([np.stack([coarse, coarse], 1), topology.upsampling_parents(level + 1)]), coarse.size
+    if kind == "upconv":                            # (V_fine, 2) slots into the 7 * V_coarse slot outputs
+        return topology.upconv_slots(level + 1), 7 * n_vertices(level)
+    raise ValueError(f"unknown averaging map {kind!r}")
 
 
 class IcoConv(nn.Module):
@@ -177,14 +172,14 @@ class IcoPool(nn.Module):
             raise ValueError(f"mode must be 'mean' or 'max', got {mode!r}")
         self.mode = mode
         if mode == "mean":
-            _register_sparse(self, "matrix", "pool_mean", self.level)
+            _register_bags(self, "pool_mean", self.level)
         else:
             self.register_buffer("index", _shared_index("pool", self.level), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, x.shape[1] if x.dim() == 3 else 0, self.level, "IcoPool")
         if self.mode == "mean":
-            return sparse_map(x, self.matrix, self.matrix_t)
+            return bag_mean(x, self.bags, self.matrix_t)
         return x[:, :, self.index.long()].amax(dim=-1)
 
     def extra_repr(self) -> str:
@@ -203,11 +198,11 @@ class IcoUpsample(nn.Module):
     def __init__(self, level: int):
         super().__init__()
         self.level = check_level(level, max_level=6)
-        _register_sparse(self, "matrix", "upsample", self.level)
+        _register_bags(self, "upsample", self.level)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, x.shape[1] if x.dim() == 3 else 0, self.level, "IcoUpsample")
-        return sparse_map(x, self.matrix, self.matrix_t)
+        return bag_mean(x, self.bags, self.matrix_t)
 
     def extra_repr(self) -> str:
         return f"level={self.level} -> {self.level + 1}"
@@ -235,7 +230,7 @@ class IcoUpConv(nn.Module):
         _check_channels(out_channels, "out_channels")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.level = check_level(level, max_level=6)
-        _register_sparse(self, "matrix", "upconv", self.level)
+        _register_bags(self, "upconv", self.level)
         # weight[k * out + o, c]: slot-major rows so that (B, V, 7*out) views as (B, 7*V, out).
         self.weight = nn.Parameter(torch.empty(7 * out_channels, in_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -259,7 +254,7 @@ class IcoUpConv(nn.Module):
             # output, inside the product, is added to the result: no extra pass over the fine mesh.
             z = torch.baddbmm(self.bias.to(x.dtype).repeat(7), x.transpose(1, 2), weight_t)
         z = z.reshape(batch, 7 * n_coarse, self.out_channels).transpose(1, 2)   # (B, out, 7V)
-        return sparse_map(z, self.matrix, self.matrix_t)
+        return bag_mean(z, self.bags, self.matrix_t)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, level={self.level} -> {self.level + 1}"
@@ -404,8 +399,8 @@ def _check_channels(value, name: str) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _register_sparse(module: nn.Module, name: str, kind: str, level: int) -> None:
-    """Register the shared sparse map ``kind`` at ``level`` and its transpose as non-persistent buffers."""
-    matrix, matrix_t = _shared_sparse(kind, level)
-    module.register_buffer(name, matrix, persistent=False)
-    module.register_buffer(f"{name}_t", matrix_t, persistent=False)
+def _register_bags(module: nn.Module, kind: str, level: int) -> None:
+    """Register the shared averaging map ``kind`` at ``level`` (``bags``, ``matrix_t``) as non-persistent buffers."""
+    bags, matrix_t = _shared_bags(kind, level)
+    module.register_buffer("bags", bags, persistent=False)
+    module.register_buffer("matrix_t", matrix_t, persistent=False)

@@ -26,18 +26,19 @@ def _readonly(arr: np.ndarray) -> np.ndarray:
 @level_cache
 def adjacency(level: int) -> sp.csr_matrix:
     """Vertex adjacency of the level-``level`` sphere: (V, V) CSR, 1 where an edge joins two vertices."""
-    faces = icosphere(level).faces
+    faces = icosphere(level).faces.astype(np.int32)
     v = n_vertices(level)
-    rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
-    cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
+    # The sphere is closed and its faces consistently oriented, so the directed edges a->b, b->c, c->a
+    # of all faces list every edge exactly once in each direction: no symmetrisation or duplicates.
+    rows = faces.reshape(-1)
+    cols = faces[:, [1, 2, 0]].reshape(-1)
     adj = sp.csr_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(v, v))
-    adj = ((adj + adj.T) > 0).astype(np.int8)
     adj.sort_indices()
     return adj
 
 
 def _angular_sort(centres: np.ndarray, ring: np.ndarray, valid: np.ndarray, vertices: np.ndarray,
-                  chunk: int = 32768) -> np.ndarray:
+                  chunk: int = 8192) -> np.ndarray:
     """Sort each row of ``ring`` (V, K) counter-clockwise around its centre; invalid slots go last.
 
     Works on ``chunk`` vertices at a time so that the float temporaries stay small at level 7.
@@ -70,8 +71,8 @@ def _padded_rows(matrix: sp.csr_matrix, width: int) -> tuple[np.ndarray, np.ndar
     counts = np.diff(matrix.indptr)
     if counts.max() > width:
         raise RuntimeError(f"a vertex has {counts.max()} neighbours, more than {width}")
-    rows = np.repeat(np.arange(matrix.shape[0]), counts)
-    slot = np.arange(matrix.indices.size) - np.repeat(matrix.indptr[:-1], counts)
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int32), counts)
+    slot = (np.arange(matrix.indices.size, dtype=np.int32) - np.repeat(matrix.indptr[:-1], counts)).astype(np.int8)
     out = np.repeat(np.arange(matrix.shape[0])[:, None], width, axis=1)   # pad with the centre
     valid = np.zeros((matrix.shape[0], width), bool)
     out[rows, slot] = matrix.indices

@@ -1,8 +1,8 @@
 """Icosahedral spherical-mesh core: FreeSurfer-order icospheres, topology tables and spherical CNN layers.
 
 Depends on numpy, scipy and torch only; never imports ``surfharm``. The meshes and tables need only
-numpy and scipy; torch is imported the first time a layer is used (``spherical_ops.IcoConv`` ...),
-so reading meshes stays fast.
+numpy (scipy only for ``topology.adjacency`` and the 2-ring, so a 1-ring network never loads it); torch
+is imported the first time a layer is used (``spherical_ops.IcoConv`` ...), so reading meshes stays fast.
 """
 from spherical_ops import topology
 from spherical_ops.mesh import (

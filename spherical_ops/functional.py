@@ -17,7 +17,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -292,7 +291,7 @@ def bag_mean(x: torch.Tensor, bags: torch.Tensor, matrix_t: torch.Tensor) -> tor
         x: (B, C, V_in).
         bags: (V_out, K) int32 or int64 table; a vertex listed twice in a row counts twice.
         matrix_t: the transposed averaging matrix, (V_in, V_out) sparse CSR
-            (``csr_tensor(averaging_matrix(bags, V_in).T)``), used by the backward pass.
+            (:func:`averaging_matrix_t`), used by the backward pass.
 
     Returns:
         (B, C, V_out), a strided view of vertex-major rows (``.contiguous()`` gives channels-first
@@ -301,31 +300,24 @@ def bag_mean(x: torch.Tensor, bags: torch.Tensor, matrix_t: torch.Tensor) -> tor
     return _BagMean.apply(x, bags, matrix_t)
 
 
-def csr_tensor(matrix: sp.spmatrix, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A scipy sparse matrix as a torch sparse CSR tensor (int32 indices: all meshes have < 2**31 entries)."""
-    m = sp.csr_matrix(matrix)
-    m.sort_indices()
+def averaging_matrix_t(bags: np.ndarray, n_in: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The transpose of the averaging matrix of ``bags``, as a torch sparse CSR tensor (n_in, V_out).
+
+    The averaging matrix M (V_out, n_in) has row ``v`` average the inputs listed in ``bags[v]``
+    (V_out, K); a vertex listed twice counts twice (a pentagon's repeated centre in a 7-slot ring),
+    so ``M[v, u] = (times u is in bags[v]) / K``. Indices are int32 (every mesh has < 2**31 entries).
+    """
+    n_out, k = bags.shape
+    # Entries (u, v) of M^T, counted with multiplicity: one sorted key per entry, then run lengths.
+    keys = bags.astype(np.int64).reshape(-1) * n_out + np.repeat(np.arange(n_out, dtype=np.int64), k)
+    keys, counts = np.unique(keys, return_counts=True)
+    rows, cols = np.divmod(keys, n_out)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_in))])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
         return torch.sparse_csr_tensor(
-            torch.from_numpy(m.indptr.astype(np.int32)),
-            torch.from_numpy(m.indices.astype(np.int32)),
-            torch.from_numpy(m.data.astype(np.float64)).to(dtype),
-            size=m.shape,
-        )
-
-
-def averaging_matrix(index: np.ndarray, n_in: int) -> sp.csr_matrix:
-    """(V_out, V_in) sparse matrix whose row ``v`` averages the inputs listed in ``index[v]`` (V_out, K).
-
-    Repeated entries count with their multiplicity (a pentagon's repeated centre weighs twice in a
-    7-slot ring, exactly as in the gather-then-mean formulation).
-    """
-    n_out, k = index.shape
-    rows = np.repeat(np.arange(n_out), k)
-    m = sp.csr_matrix((np.full(rows.size, 1.0 / k), (rows, index.reshape(-1))), shape=(n_out, n_in))
-    m.sum_duplicates()
-    return m
+            torch.from_numpy(indptr.astype(np.int32)), torch.from_numpy(cols.astype(np.int32)),
+            torch.from_numpy(counts / k).to(dtype), size=(n_in, n_out))
 
 
 class _GroupNormLeakyReLU(torch.autograd.Function):

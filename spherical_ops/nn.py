@@ -15,8 +15,8 @@ from torch import nn
 
 from spherical_ops import topology
 from spherical_ops._cache import transient
-from spherical_ops.functional import (averaging_matrix, bag_mean, csr_tensor, group_norm_leaky_relu,
-                                      neighborhood_conv, transpose_table)
+from spherical_ops.functional import (averaging_matrix_t, bag_mean, group_norm_leaky_relu, neighborhood_conv,
+                                      transpose_table)
 from spherical_ops.mesh import check_level, n_vertices
 
 __all__ = ["IcoConv", "IcoPool", "IcoUpConv", "IcoUpsample", "IcoUNet", "GroupNormLeakyReLU", "check_input"]
@@ -77,7 +77,7 @@ def _shared_bags(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor]:
     the vertices each output averages, M^T is the transposed averaging matrix (CSR) for the backward."""
     with transient():
         bags, n_in = _bag_table(kind, level)
-        matrix_t = csr_tensor(averaging_matrix(bags, n_in).T)
+        matrix_t = averaging_matrix_t(bags, n_in)
         return torch.from_numpy(np.ascontiguousarray(bags, dtype=np.int32)), matrix_t
 
 

@@ -12,7 +12,6 @@ convolution weight never mixes a missing neighbour with a real one.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from spherical_ops._cache import level_cache
 from spherical_ops.mesh import check_level, icosphere, n_vertices, upsample_parents
@@ -24,17 +23,26 @@ def _readonly(arr: np.ndarray) -> np.ndarray:
 
 
 @level_cache
-def adjacency(level: int) -> sp.csr_matrix:
-    """Vertex adjacency of the level-``level`` sphere: (V, V) CSR, 1 where an edge joins two vertices."""
-    faces = icosphere(level).faces.astype(np.int32)
+def adjacency(level: int):
+    """Vertex adjacency of the level-``level`` sphere: (V, V) ``scipy.sparse`` CSR, 1 where an edge joins
+    two vertices."""
+    import scipy.sparse as sp   # only here and for the 2-ring: building a network needs no scipy
+
+    indptr, indices = _edge_lists(level)
     v = n_vertices(level)
+    return sp.csr_matrix((np.ones(indices.size, np.int8), indices, indptr), shape=(v, v))
+
+
+def _edge_lists(level: int) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbours of every vertex as CSR arrays ``(indptr (V + 1,), indices)``, sorted within each row."""
+    faces = icosphere(level).faces.astype(np.int32)
     # The sphere is closed and its faces consistently oriented, so the directed edges a->b, b->c, c->a
     # of all faces list every edge exactly once in each direction: no symmetrisation or duplicates.
     rows = faces.reshape(-1)
     cols = faces[:, [1, 2, 0]].reshape(-1)
-    adj = sp.csr_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(v, v))
-    adj.sort_indices()
-    return adj
+    order = np.lexsort((cols, rows))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_vertices(level)))])
+    return indptr, cols[order]
 
 
 def _angular_sort(centres: np.ndarray, ring: np.ndarray, valid: np.ndarray, vertices: np.ndarray,
@@ -66,16 +74,17 @@ def _angular_sort_chunk(centres, ring, valid, vertices):
     return np.take_along_axis(ring, order, axis=1)
 
 
-def _padded_rows(matrix: sp.csr_matrix, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _padded_rows(indptr: np.ndarray, indices: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Column indices of each CSR row padded to ``width``: ``(indices (V, width), valid mask)``."""
-    counts = np.diff(matrix.indptr)
+    counts = np.diff(indptr)
+    n_rows = counts.size
     if counts.max() > width:
         raise RuntimeError(f"a vertex has {counts.max()} neighbours, more than {width}")
-    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int32), counts)
-    slot = (np.arange(matrix.indices.size, dtype=np.int32) - np.repeat(matrix.indptr[:-1], counts)).astype(np.int8)
-    out = np.repeat(np.arange(matrix.shape[0])[:, None], width, axis=1)   # pad with the centre
-    valid = np.zeros((matrix.shape[0], width), bool)
-    out[rows, slot] = matrix.indices
+    rows = np.repeat(np.arange(n_rows, dtype=np.int32), counts)
+    slot = (np.arange(indices.size, dtype=np.int32) - np.repeat(indptr[:-1], counts)).astype(np.int8)
+    out = np.repeat(np.arange(n_rows)[:, None], width, axis=1)   # pad with the centre
+    valid = np.zeros((n_rows, width), bool)
+    out[rows, slot] = indices
     valid[rows, slot] = True
     return out, valid
 
@@ -88,7 +97,7 @@ def neighbors_1ring(level: int) -> np.ndarray:
     """
     level = check_level(level)
     v = n_vertices(level)
-    ring, valid = _padded_rows(adjacency(level), 6)
+    ring, valid = _padded_rows(*_edge_lists(level), 6)
     centres = np.arange(v)
     ring = _angular_sort(centres, ring, valid, icosphere(level).vertices)
     return _readonly(np.concatenate([ring, centres[:, None]], axis=1))
@@ -102,6 +111,8 @@ def neighbors_2ring(level: int) -> np.ndarray:
     Vertices with fewer than 6 + 12 such neighbours (pentagons and their neighbours) repeat the
     centre in the missing slots.
     """
+    import scipy.sparse as sp
+
     level = check_level(level)
     v = n_vertices(level)
     adj = adjacency(level).astype(np.int32)
@@ -110,7 +121,7 @@ def neighbors_2ring(level: int) -> np.ndarray:
     second = (within2.astype(np.int8) - ((adj + eye) > 0).astype(np.int8)).tocsr()
     second.eliminate_zeros()
     second.sort_indices()
-    ring2, valid = _padded_rows(second, 12)
+    ring2, valid = _padded_rows(second.indptr, second.indices, 12)
     ring2 = _angular_sort(np.arange(v), ring2, valid, icosphere(level).vertices)
     one = neighbors_1ring(level)
     return _readonly(np.concatenate([one[:, :6], ring2, one[:, 6:]], axis=1))

@@ -81,7 +81,8 @@ def run_direction(args, target: str) -> None:
     options = dict(source=source, target=target, depth=args.depth, base_channels=args.base_channels,
                    disc_channels=args.base_channels, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                    residual=args.residual, cycle_weight=args.cycle_weight, seed=args.seed,
-                   keep_covariates=tuple(data.covariate_columns) if args.keep_covariates else ())
+                   keep_covariates=tuple(data.covariate_columns) if args.keep_covariates else (),
+                   covariate_slopes=args.covariate_slopes)
     s2sgan = {"off": [MethodSpec("s2sgan", options=dict(options, calibrate=False))],
               "on": [MethodSpec("s2sgan", label="s2sgan (calibrated)", options=dict(options, calibrate=True))]}
     s2sgan["both"] = s2sgan["off"] + s2sgan["on"]
@@ -90,10 +91,11 @@ def run_direction(args, target: str) -> None:
                *s2sgan[args.calibrate]]
     blurred = "source" if source == "B" else "target"
     print(f"\n## {source} -> {target} (the {blurred} site is the blurred, saturating one)\n", flush=True)
+    slopes = f" ({args.covariate_slopes} slopes)" if args.keep_covariates else ""
     print(f"scenario: level {args.level}, {args.n_per_site} scans per site, {args.n_traveling} traveling subjects; "
           f"S2SGAN: {args.steps} steps of batch {args.batch_size}, lr {args.lr}, cycle weight {args.cycle_weight}, "
           f"U-Net depth {args.depth}, {args.base_channels} base channels, residual {args.residual}, "
-          f"kept covariates {args.keep_covariates}; "
+          f"kept covariates {args.keep_covariates}{slopes}; "
           f"{args.splits}-fold CV repeated {args.cv_repeats} times", flush=True)
     start = time.perf_counter()
     result = run_benchmark(data, methods, n_splits=args.splits, seed=args.seed, cv_repeats=args.cv_repeats,
@@ -185,6 +187,9 @@ def main() -> None:
     parser.add_argument("--keep-covariates", action=argparse.BooleanOptionalAction, default=False,
                         help="S2SGAN keeps age and sex out of its site statistics, as ComBat does (default off: "
                              "the authors' per-site normalisation)")
+    parser.add_argument("--covariate-slopes", choices=("pooled", "per-site"), default="pooled",
+                        help="with --keep-covariates: one within-site slope for both sites (pooled, as ComBat) or "
+                             "each site's own, mapped scans taking the target's (per-site)")
     parser.add_argument("--calibrate", choices=("on", "off", "both"), default="both",
                         help="S2SGAN without the per-vertex output calibration (off: the authors' generator output, "
                              "the harmonizer's default), with it (on), or both rows (each trains its own models)")

@@ -121,6 +121,32 @@ def test_kept_covariates_survive_the_site_normalisation(keep):
         assert abs(out.mean() - X[sites == "B"].mean()) < 0.01          # the 0.4 mm age gap is gone
 
 
+def test_per_site_slopes_give_mapped_scans_the_target_slope():
+    """Site B attenuates the age effect (0.005 instead of 0.01 mm per year) and reads 0.3 mm thicker.
+    With ``covariate_slopes="per-site"`` each site's slope is fitted, and A's scans mapped to B (identity
+    generator: the site shift alone) take B's slope; with pooled slopes they keep their own."""
+    rng = np.random.default_rng(2)
+    age = np.tile(np.linspace(20, 80, 10), 2)
+    sites = np.array(["A"] * 10 + ["B"] * 10)
+    slope = np.where(sites == "A", -0.01, -0.005)
+    X = (3.0 + 0.3 * (sites == "B") + slope * age)[:, None] + 0.01 * rng.standard_normal((20, V3))
+    cov = pd.DataFrame({"age": age})
+    for slopes in ("per-site", "pooled"):
+        model = tiny(source="A", target="B", max_steps=1, keep_covariates=("age",), covariate_slopes=slopes)
+        model.fit(X.astype(np.float32), sites, cov)
+        model.generator_xy_ = _Identity()
+        mapped = model.transform(X.astype(np.float32), sites, cov)[sites == "A"].mean(axis=1)
+        fitted = np.polyfit(age[sites == "A"], mapped, 1)
+        if slopes == "per-site":
+            np.testing.assert_allclose(model.keep_beta_[:, 0].mean(axis=1), [-0.01, -0.005], atol=2e-4)
+            np.testing.assert_allclose(mapped, 3.3 - 0.005 * age[sites == "A"], atol=0.01)
+        else:
+            np.testing.assert_array_equal(model.keep_beta_[0], model.keep_beta_[1])
+            assert abs(fitted[0] + 0.01) < 3e-4
+    with pytest.raises(HarmonizerInputError, match="covariate_slopes must be 'pooled' or 'per-site', got 'site'"):
+        tiny(keep_covariates=("age",), covariate_slopes="site").fit(X, sites, cov)
+
+
 def test_keep_covariates_errors_name_the_problem(pair):
     X, sites, cov = pair
     with pytest.raises(HarmonizerInputError, match="covariates lack column.*'weight'.*keep_covariates"):

@@ -57,6 +57,9 @@ def register(subparsers) -> None:
     opt.add_argument("--keep-covariates", nargs="+", default=[], metavar="COLUMN",
                      help="numeric columns (e.g. age) whose linear effects are biology to keep out of the site "
                           "statistics, as ComBat keeps its covariates; 'apply' then needs them too")
+    opt.add_argument("--covariate-slopes", choices=("pooled", "per-site"), default="pooled",
+                     help="with --keep-covariates: one within-site slope per vertex for both sites (pooled, as "
+                          "ComBat; default) or each site's own, the mapped scans taking the other site's (per-site)")
     opt.add_argument("--calibrate", action="store_true",
                      help="after training, match the generators' outputs per vertex to the other site's mean and SD "
                           "on the training scans (default: the outputs as they are)")
@@ -114,7 +117,8 @@ def run_train(args) -> int:
               f"({cohort.n_scans - pair.n_scans} scans of other sites left out)")
     sites = pair.sites.astype(str)
     model = S2SGAN(source=args.source, target=args.target, condition_on=tuple(args.condition_on),
-                   keep_covariates=tuple(args.keep_covariates), depth=args.depth,
+                   keep_covariates=tuple(args.keep_covariates), covariate_slopes=args.covariate_slopes,
+                   depth=args.depth,
                    base_channels=args.base_channels, epochs=args.epochs, max_steps=args.max_steps,
                    batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                    validation_fraction=args.validation_fraction, calibrate=args.calibrate, seed=args.seed,

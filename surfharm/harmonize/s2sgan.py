@@ -19,7 +19,9 @@ With ``keep_covariates`` (e.g. ``("age", "female")``) the linear effects of thos
 of the site statistics, as ComBat keeps its covariates: per vertex, pooled within-site slopes ``B`` are
 fitted on the training scans, every map is taken as ``x - (c - c_mean) B`` through the normalisation and
 the generator, and its own covariate part is added back to the output. Without it, a site whose scans
-are older than the other's would have its age difference removed as if it were a site effect.
+are older than the other's would have its age difference removed as if it were a site effect. With
+``covariate_slopes="per-site"`` each site's slopes are fitted apart and a mapped scan takes the other
+site's: a scanner that attenuates the age effect (blur, saturation) then attenuates it on mapped scans.
 
 With ``calibrate=True`` the generator's output is first matched per vertex to mean 0 and SD 1 over
 the source's training scans, ``(G - m) / s``: the network supplies what a per-vertex map cannot, the
@@ -71,6 +73,11 @@ class S2SGAN(Harmonizer):
     keep_covariates : tuple of str
         Numeric covariate columns whose linear effects are biology to keep (see the module
         docstring); ``transform`` then needs them too. Default none (the authors' normalisation).
+    covariate_slopes : "pooled" or "per-site"
+        With ``keep_covariates``: "pooled" (default) fits one within-site slope per vertex for both
+        sites, as ComBat does, and the output keeps it; "per-site" fits each site's own slope, and a
+        mapped scan takes the other site's (a scanner that attenuates the age effect then does so on
+        the mapped scans too).
     depth, base_channels, residual, disc_channels, disc_down :
         Networks (:class:`surfharm.training.TrainingConfig`). Defaults suit level 5 on a CPU.
     epochs, max_steps, batch_size, lr, schedule, pool_size :
@@ -103,8 +110,9 @@ class S2SGAN(Harmonizer):
     mean_, std_ : (2, V) per-site per-vertex statistics (mm), rows in ``sites_`` order
     mask_ : (V,) bool, vertices finite in every training scan and not constant across them
     cond_mean_, cond_std_ : (n_cond,) standardisation of ``condition_on``
-    keep_center_ : (n_keep,) training means of ``keep_covariates``;  keep_beta_ : (n_keep, V) their
-        pooled within-site slopes (mm per unit), 0 outside ``mask_``
+    keep_center_ : (n_keep,) training means of ``keep_covariates``;  keep_beta_ : (2, n_keep, V) their
+        within-site slopes (mm per unit) for the source and the target, equal with "pooled" slopes,
+        0 outside ``mask_``
     output_mean_, output_std_ : (2, V) or None, with ``calibrate``: per-vertex mean and standard
         deviation (z-units) of G_XY's outputs on the source's training scans (row 0) and of G_YX's on
         the target's (row 1), mapped to 0 and 1 by ``transform``
@@ -113,7 +121,7 @@ class S2SGAN(Harmonizer):
     """
 
     def __init__(self, *, source=None, target=None, condition_on: tuple = (), keep_covariates: tuple = (),
-                 depth: int = 4, base_channels: int = 16, residual: bool = False, disc_channels: int = 16,
+                 covariate_slopes: str = "pooled", depth: int = 4, base_channels: int = 16, residual: bool = False, disc_channels: int = 16,
                  disc_down: int = 3,
                  epochs: int = 50, max_steps: int | None = None, batch_size: int = 1, lr: float = 2e-4,
                  schedule: str = "cosine", pool_size: int = 20, cycle_weight: float = 10.0,
@@ -124,6 +132,7 @@ class S2SGAN(Harmonizer):
         self.target = target
         self.condition_on = condition_on
         self.keep_covariates = keep_covariates
+        self.covariate_slopes = covariate_slopes
         self.depth = depth
         self.base_channels = base_channels
         self.residual = residual
@@ -183,7 +192,7 @@ class S2SGAN(Harmonizer):
             raise HarmonizerInputError("no vertex is finite and varying in every training scan: "
                                        "the maps share no cortex")
         train_rows, val_rows = self._split(rows)
-        kept = self._fit_covariate_effects(X, covariates, train_rows)
+        kept = self._fit_covariate_effects(X, covariates, rows, train_rows)
         if kept is not None:
             X = X - kept
         with warnings.catch_warnings():  # all-NaN columns (medial wall) give NaN, masked just below
@@ -258,28 +267,39 @@ class S2SGAN(Harmonizer):
                 f"pass only the scans of {source!r} and {target!r} (a model per pair of sites)")
         return [_plain(source), _plain(target)]
 
-    def _fit_covariate_effects(self, X, covariates, train_rows) -> np.ndarray | None:
-        """Fit the pooled within-site slopes of ``keep_covariates``; returns their part of X (n, V),
-        or None when none are kept."""
+    def _fit_covariate_effects(self, X, covariates, site_rows, train_rows) -> np.ndarray | None:
+        """Fit the within-site slopes of ``keep_covariates`` on the training scans; returns every scan's
+        covariate part by its own site's slopes (n, V), or None when none are kept."""
         names = list(self.keep_covariates)
         self.keep_center_ = np.zeros(len(names), np.float32)
-        self.keep_beta_ = np.zeros((len(names), X.shape[1]), np.float32)
+        self.keep_beta_ = np.zeros((2, len(names), X.shape[1]), np.float32)
         if not names:
             return None
+        if self.covariate_slopes not in ("pooled", "per-site"):
+            raise HarmonizerInputError(f"covariate_slopes must be 'pooled' or 'per-site', got {self.covariate_slopes!r}")
         values = self._condition_values(covariates, X.shape[0], names, "keep_covariates")
-        design = np.concatenate([values[r] - values[r].mean(axis=0) for r in train_rows])      # within-site
-        maps = np.concatenate([X[r][:, self.mask_] - X[r][:, self.mask_].mean(axis=0) for r in train_rows])
-        if np.linalg.matrix_rank(design) < len(names):
-            raise HarmonizerInputError(f"keep_covariates {names} do not vary independently within the sites "
-                                       "(a column is constant within each site, or columns are collinear)")
-        beta, *_ = np.linalg.lstsq(design, maps.astype(np.float64), rcond=None)             # (p, V_mask)
+        groups = [list(train_rows)] if self.covariate_slopes == "pooled" else [[r] for r in train_rows]
+        betas = []
+        for group in groups:                            # all sites together, or one site at a time
+            design = np.concatenate([values[r] - values[r].mean(axis=0) for r in group])      # within-site
+            maps = np.concatenate([X[r][:, self.mask_] - X[r][:, self.mask_].mean(axis=0) for r in group])
+            if np.linalg.matrix_rank(design) < len(names):
+                where = "within the sites" if len(group) > 1 else f"within site {self.sites_[len(betas)]!r}"
+                raise HarmonizerInputError(f"keep_covariates {names} do not vary independently {where} "
+                                           "(a column is constant within each site, or columns are collinear)")
+            betas.append(np.linalg.lstsq(design, maps.astype(np.float64), rcond=None)[0])    # (p, V_mask)
         self.keep_center_ = values[np.concatenate(train_rows)].mean(axis=0).astype(np.float32)
-        self.keep_beta_[:, self.mask_] = beta
-        return self._covariate_part(values)
+        for domain in range(2):
+            self.keep_beta_[domain][:, self.mask_] = betas[domain if len(betas) == 2 else 0]
+        part = np.zeros(X.shape, np.float32)
+        for domain, r in enumerate(site_rows):
+            part[r] = self._covariate_part(values[r], domain)
+        return part
 
-    def _covariate_part(self, values: np.ndarray) -> np.ndarray:
-        """(n, V) float32 mm: the kept covariates' part of each map (0 outside the mask)."""
-        return ((values - self.keep_center_) @ self.keep_beta_).astype(np.float32)
+    def _covariate_part(self, values: np.ndarray, domain: int) -> np.ndarray:
+        """(n, V) float32 mm: the kept covariates' part of each map by site ``domain``'s slopes (0 outside
+        the mask)."""
+        return ((values - self.keep_center_) @ self.keep_beta_[domain]).astype(np.float32)
 
     def _fit_conditions(self, covariates, n_scans: int):
         names = list(self.condition_on)
@@ -401,8 +421,11 @@ class S2SGAN(Harmonizer):
         rows = np.flatnonzero(sites == self.sites_[moving])
         for start in range(0, len(rows), int(batch_size)):
             r = rows[start:start + int(batch_size)]
-            part = 0.0 if kept is None else self._covariate_part(kept[r])     # (batch, V), made per batch
-            out[r] = self._generate(X[r] - part, moving, None if cond is None else cond[r]) + part
+            # The covariates' part by the moving site's slopes out, by the other site's back in (the
+            # same with pooled slopes); (batch, V), made per batch.
+            part_in = 0.0 if kept is None else self._covariate_part(kept[r], moving)
+            part_out = 0.0 if kept is None else self._covariate_part(kept[r], 1 - moving)
+            out[r] = self._generate(X[r] - part_in, moving, None if cond is None else cond[r]) + part_out
         return out
 
     def _generate(self, X: np.ndarray, domain: int, cond) -> np.ndarray:
@@ -472,7 +495,9 @@ class S2SGAN(Harmonizer):
         model.keep_center_ = (tensors["keep_center"].numpy() if "keep_center" in tensors
                               else np.zeros(n_keep, np.float32))
         model.keep_beta_ = (tensors["keep_beta"].numpy() if "keep_beta" in tensors
-                            else np.zeros((n_keep, model.n_features_in_), np.float32))
+                            else np.zeros((2, n_keep, model.n_features_in_), np.float32))
+        if model.keep_beta_.ndim == 2:                  # files written before per-site slopes: pooled
+            model.keep_beta_ = np.stack([model.keep_beta_, model.keep_beta_])
         model.output_std_ = tensors["output_std"].numpy() if "output_std" in tensors else None
         config = model.training_config(model.level_)
         for name in ("generator_xy", "generator_yx"):

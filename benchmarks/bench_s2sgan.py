@@ -18,12 +18,14 @@ direction. Two yardsticks of biology: the site-free truth, and the truth as the 
 it (``age_r2_ratio_target``), which is what a harmonizer to a blurred site can keep. S2SGAN's settings
 are not tuned on the traveling subjects: the authors' generator (a full U-Net) and loss weights, a small
 generator for a CPU, 250 steps at learning rate 5e-4; it is run without the per-vertex output
-calibration (the harmonizer's default) and with it (``--calibrate off|on|both``). Each S2SGAN row trains 7
-models (one on the study scans, 2 folds x 3 splits).
+calibration (the harmonizer's default) and with it (``--calibrate off|on|both``); ``--keep-covariates``
+keeps age and sex out of its site statistics, with one slope for both sites or each site's own
+(``--covariate-slopes pooled|per-site``). Each S2SGAN row trains 7 models (one on the study scans,
+2 folds x 3 splits). Defaults: level 5 (fsaverage5), 100 scans per site.
 
-    python benchmarks/bench_s2sgan.py --target B      # A -> B, both S2SGAN rows: 21 min on 2 shared cores
-    python benchmarks/bench_s2sgan.py --target A --calibrate off
-    python benchmarks/bench_s2sgan.py --target B --level 5 --steps 400 --splits 5
+    python benchmarks/bench_s2sgan.py --target B --calibrate off          # A -> B: 13 min on 2 cores
+    python benchmarks/bench_s2sgan.py --target B --calibrate on --keep-covariates --covariate-slopes per-site
+    python benchmarks/bench_s2sgan.py --target A --calibrate both --level 4 --n-per-site 40
 
 Speed (``--timing``): seconds per training step (batch 1, Adam, both generators and
 discriminators) and per harmonized hemisphere (inference of one map), at the given levels:
@@ -173,8 +175,8 @@ def main() -> None:
     parser.add_argument("--target", choices=("A", "B", "both"), default="both",
                         help="site whose appearance S2SGAN aims at: A (sharp; B's blur must be undone), "
                              "B (blurred, saturating; A's scans must be blurred), or both in turn")
-    parser.add_argument("--level", type=int, default=4)
-    parser.add_argument("--n-per-site", type=int, default=40)
+    parser.add_argument("--level", type=int, default=5)
+    parser.add_argument("--n-per-site", type=int, default=100)
     parser.add_argument("--n-traveling", type=int, default=8)
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--batch-size", type=int, default=2)

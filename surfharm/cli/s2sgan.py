@@ -13,6 +13,10 @@ examples:
       --source B --target A --epochs 50 --checkpoint-dir run_lh --checkpoint-every 200 \\
       --model s2sgan_lh_B_to_A.safetensors --output lh.thickness.B_as_A.fsaverage5.mgh
 
+  # a scanner change: age (a numeric column) kept out of the site statistics with each site's own
+  # slopes, output calibrated (the settings that removed the site effect on the benchmark; see README)
+  surfharm s2sgan train ... --keep-covariates age --covariate-slopes per-site --calibrate
+
   # an interrupted run goes on from its last checkpoint (same command plus --resume)
   surfharm s2sgan train ... --checkpoint-dir run_lh --resume
 

@@ -50,8 +50,8 @@ def topology_level(n: int) -> int:
     return level_of(n)
 
 
-# Index tables and sparse maps are shared by every layer at the same level (one copy in memory, not
-# one per layer) and stored with int32 indices: at level 7 this is ~20 MB instead of ~75 MB per U-Net.
+# Index tables and averaging lists are shared by every layer at the same level (one copy in memory,
+# not one per layer) and stored with int32 indices: at level 7 this is ~20 MB instead of ~75 MB per U-Net.
 # Modules register these shared tensors as buffers; ``.to()`` gives each module its own moved copy.
 # The meshes and numpy tables they are made from are needed only meanwhile: computed inside
 # ``transient()``, they are not kept in the caches of ``mesh`` and ``topology`` (~45 MB at level 7).

@@ -27,7 +27,7 @@ With ``calibrate=True`` the generator's output is first matched per vertex to me
 the source's training scans, ``(G - m) / s``: the network supplies what a per-vertex map cannot, the
 correction removes the per-vertex bias a short training leaves. It is off by default (the authors'
 output). On the level-5 benchmark (3 cross-validation splits), calibration with kept covariates and
-per-site slopes took the site AUROC from 0.657 to 0.493 for A -> B (the site-free truth: 0.497) and from
+per-site slopes took the site AUROC from 0.660 to 0.493 for A -> B (the site-free truth: 0.497) and from
 0.621 to 0.492 for B -> A, with the age R² at 0.96 and 1.11 of the target site's truth, at a
 traveling-subject MAE of 0.061 mm instead of 0.060 (A -> B): for a scanner change, use
 ``calibrate=True, keep_covariates=(...), covariate_slopes="per-site"``.

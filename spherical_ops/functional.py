@@ -10,7 +10,9 @@ upsampling and the averaging step of the transposed convolution average fixed li
 ("bags"): the forward pass is one fused gather-and-mean (``embedding_bag``, no temporary), the
 backward pass the transposed averaging matrix in sparse CSR form.
 
-All functions take channels-first tensors ``(B, C, V)`` like the layers.
+All functions take ``(B, C, V)`` tensors like the layers, in any memory layout. Their outputs are
+``(B, C, V)`` views of vertex-major ``(B, V, C)`` memory (the input gradients too): the gathers read
+rows of that layout, so activations flow from layer to layer without a transposed copy.
 """
 from __future__ import annotations
 
@@ -37,16 +39,16 @@ def _tile_size(device: torch.device, n: int, row_bytes: int) -> int:
 
 
 class _NeighborhoodConv(torch.autograd.Function):
-    """y[b, o, v] = bias[o] + sum_{c, k} weight[o, c, k] * x[b, c, index[v, k]]."""
+    """y[b, o, v] = bias[o] + sum_{c, k} weight[o, c, k] * x[b, c, index[v, k]], y vertex-major."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, flat_index, ring_size, reverse, extras, extras_per_slot):
         batch, c_in, _ = x.shape
         n_out = flat_index.numel() // ring_size
-        x_rows = x.transpose(1, 2).contiguous()                         # (B, V_in, C): rows gather fast
-        y = x.new_empty(batch, weight.shape[0], n_out)
-        _conv_tiles(x_rows, _slot_major(weight), flat_index, ring_size, y,
-                    None if bias is None else bias.unsqueeze(1))
+        x_rows = x.transpose(1, 2).contiguous()           # (B, V_in, C), no copy if x is vertex-major
+        y_rows = x.new_empty(batch, n_out, weight.shape[0])
+        _conv_tiles(x_rows, _slot_major(weight), flat_index, ring_size, y_rows, bias)
+        y = y_rows.transpose(1, 2)
         ctx.save_for_backward(x, weight, flat_index, reverse, extras)
         ctx.has_bias = bias is not None
         ctx.ring_size = ring_size
@@ -60,7 +62,7 @@ class _NeighborhoodConv(torch.autograd.Function):
         k = ctx.ring_size
         c_out, c_in = weight.shape[:2]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if grad_y.stride(2) != 1:
+        if grad_y.stride(1) != 1 and grad_y.stride(2) != 1:       # e.g. expanded: BLAS needs a unit stride
             grad_y = grad_y.contiguous()
         grad_x = grad_w = grad_b = None
         # With the transpose table both gradients come from one gather of grad_y per input tile; when
@@ -79,33 +81,32 @@ class _NeighborhoodConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
-def _conv_tiles(src_rows, w_rows, flat_index, k, out, bias_col=None):
-    """out[b, :, v] = bias + w_rows @ concat_k(src_rows[b, index[v, k]]), tile by tile.
+def _conv_tiles(src_rows, w_rows, flat_index, k, out_rows, bias=None):
+    """out_rows[b, v] = bias + concat_k(src_rows[b, index[v, k]]) @ w_rows^T, tile by tile.
 
-    src_rows (B, V_src, C) gathers fast by rows; w_rows (O, K*C) slot-major; out (B, O, V_out).
-    Tiles are written straight into the channels-first output: an (O, T) slice of (O, V) is a valid
-    BLAS matrix (leading dimension V), so no transposed copy of the output is needed.
+    src_rows (B, V_src, C) gathers fast by rows; w_rows (O, K*C) slot-major; out_rows (B, V_out, O),
+    each tile a contiguous block of rows: the layout the next gather reads; bias (O,) or None.
     """
     batch, _, c = src_rows.shape
-    n_out = out.shape[2]
+    n_out = out_rows.shape[1]
     tile = _tile_size(src_rows.device, n_out, k * c * src_rows.element_size())
     buf = src_rows.new_empty(tile * k, c)
     for b in range(batch):
         for start in range(0, n_out, tile):
             stop = min(n_out, start + tile)
             gathered = _gather_tile(src_rows[b], flat_index, start, stop, k, buf)
-            if bias_col is None:
-                torch.mm(w_rows, gathered.t(), out=out[b, :, start:stop])
+            if bias is None:
+                torch.mm(gathered, w_rows.t(), out=out_rows[b, start:stop])
             else:
-                torch.addmm(bias_col, w_rows, gathered.t(), out=out[b, :, start:stop])
+                torch.addmm(bias, gathered, w_rows.t(), out=out_rows[b, start:stop])
 
 
 def _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need_w, extras_per_slot=None):
     """Both gradients from the table read backwards (:func:`transpose_table`).
 
     For an input tile of vertices u, ``H[u, (k, o)] = grad_y[o, v]`` for the vertex v that uses u in
-    slot k (zero if none) is gathered once; then ``grad_x[:, tile] = W'_rows @ H^T`` and
-    ``grad_w += x[:, tile] @ H``, where x's channels-first slice is read in place. Rows are only
+    slot k (zero if none) is gathered once; then the rows ``grad_x[tile] = H @ W'_rows^T`` (returned
+    as a vertex-major view) and ``grad_w += x[:, tile] @ H``, where x's slice is read in place. Rows are only
     gathered, never scattered (``index_add_`` costs 2-3x more per row), and the input is neither
     transposed nor gathered again. The few slots used by several vertices (``extras``) are added
     slot by slot.
@@ -117,7 +118,7 @@ def _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need
     g_rows[:, :n_out].copy_(grad_y.transpose(1, 2))
     g_rows[:, n_out].zero_()
     wt_rows = _slot_major(weight.transpose(0, 1)) if need_x else None          # (C, K*O)
-    grad_x = grad_y.new_empty(batch, c_in, n_in) if need_x else None
+    grad_x_rows = grad_y.new_empty(batch, n_in, c_in) if need_x else None
     grad_w_cols = grad_y.new_zeros(c_in, k * c_out) if need_w else None        # (C, K*O)
     tile = _tile_size(x.device, n_in, k * c_out * grad_y.element_size())
     buf = grad_y.new_empty(tile * k, c_out)
@@ -126,7 +127,7 @@ def _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need
             stop = min(n_in, start + tile)
             h = _gather_tile(g_rows[b], reverse, start, stop, k, buf)            # (T, K*O)
             if need_x:
-                torch.mm(wt_rows, h.t(), out=grad_x[b, :, start:stop])
+                torch.mm(h, wt_rows.t(), out=grad_x_rows[b, start:stop])
             if need_w:
                 grad_w_cols.addmm_(x[b, :, start:stop], h)
     grad_w = grad_w_cols.view(c_in, k, c_out).permute(2, 0, 1).contiguous() if need_w else None
@@ -141,11 +142,11 @@ def _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need
             for b in range(batch):
                 g_extra = g_rows[b, v]                                          # (n, O)
                 if need_x:
-                    grad_x[b].index_add_(1, u, torch.mm(weight[:, :, slot].t(), g_extra.t()))
+                    grad_x_rows[b].index_add_(0, u, torch.mm(g_extra, weight[:, :, slot]))
                 if need_w:
                     grad_w[:, :, slot].addmm_(g_extra.t(), x[b][:, u].t())
             start += count
-    return grad_x, grad_w
+    return (None if grad_x_rows is None else grad_x_rows.transpose(1, 2)), grad_w
 
 
 def _weight_grad_by_output_tiles(x, grad_y, flat_index, k, c_out):
@@ -242,7 +243,9 @@ def neighborhood_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
             counting them (on a GPU, a wait for the device per call).
 
     Returns:
-        (B, C_out, V_out): ``y[b, o, v] = bias[o] + sum_{c, k} weight[o, c, k] * x[b, c, index[v, k]]``.
+        (B, C_out, V_out): ``y[b, o, v] = bias[o] + sum_{c, k} weight[o, c, k] * x[b, c, index[v, k]]``,
+        a view of vertex-major (B, V_out, C_out) memory (``.contiguous()`` gives channels-first memory
+        where a caller needs it).
     """
     k = weight.shape[2]
     reverse = extras = per_slot = None
@@ -259,6 +262,8 @@ class _BagMean(torch.autograd.Function):
     def forward(ctx, x, bags, matrix_t):
         # One fused gather-and-mean into the output rows. The sparse-matrix product fills a zero matrix
         # first and is slower: 14 ms against 4 ms for the transposed convolution's averaging at level 7.
+        if matrix_t is None and ctx.needs_input_grad[0]:
+            raise ValueError("bag_mean needs matrix_t (averaging_matrix_t(bags, V_in)) when x requires grad")
         rows = torch.nn.functional.embedding_bag(bags, _vertex_rows(x), mode="mean")    # (V_out, B*C)
         ctx.save_for_backward(matrix_t)
         return _from_vertex_rows(rows, x.shape[0])
@@ -284,14 +289,14 @@ def _from_vertex_rows(rows: torch.Tensor, batch: int) -> torch.Tensor:
     return rows.view(rows.shape[0], batch, -1).permute(1, 2, 0)
 
 
-def bag_mean(x: torch.Tensor, bags: torch.Tensor, matrix_t: torch.Tensor) -> torch.Tensor:
+def bag_mean(x: torch.Tensor, bags: torch.Tensor, matrix_t: torch.Tensor | None) -> torch.Tensor:
     """Average fixed lists of vertices: ``y[b, c, v] = mean_k x[b, c, bags[v, k]]``.
 
     Args:
         x: (B, C, V_in).
         bags: (V_out, K) int32 or int64 table; a vertex listed twice in a row counts twice.
         matrix_t: the transposed averaging matrix, (V_in, V_out) sparse CSR
-            (:func:`averaging_matrix_t`), used by the backward pass.
+            (:func:`averaging_matrix_t`), used by the backward pass; None where no gradient is needed.
 
     Returns:
         (B, C, V_out), a strided view of vertex-major rows (``.contiguous()`` gives channels-first
@@ -323,12 +328,15 @@ def averaging_matrix_t(bags: np.ndarray, n_in: int, dtype: torch.dtype = torch.f
 class _GroupNormLeakyReLU(torch.autograd.Function):
     """y = leaky_relu(GroupNorm(x)) saving only y: the backward pass inverts the activation and the
     affine map to recover the normalised input, so the pre-activation tensor is never kept
-    (the in-place activated normalisation of Rota Bulo et al., CVPR 2018, for GroupNorm)."""
+    (the in-place activated normalisation of Rota Bulo et al., CVPR 2018, for GroupNorm).
+    On CPU, vertex-major input (a convolution's output) stays vertex-major: the GroupNorm kernels run
+    in their channels-last form, and the next convolution gathers its rows without a transposed copy."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups, eps, slope):
         batch, channels, n = x.shape
-        y, _, rstd = torch.ops.aten.native_group_norm(x, weight, bias, batch, channels, n, groups, eps)
+        y, _, rstd = torch.ops.aten.native_group_norm(_kernel_view(x), weight, bias, batch, channels, n, groups, eps)
+        y = y.view(batch, channels, n) if y.dim() == 3 else y.squeeze(3)
         torch.nn.functional.leaky_relu_(y, slope)
         ctx.save_for_backward(y, weight, bias, rstd)
         ctx.groups, ctx.slope = groups, slope
@@ -340,18 +348,42 @@ class _GroupNormLeakyReLU(torch.autograd.Function):
         y, weight, bias, rstd = ctx.saved_tensors
         batch, channels, n = y.shape
         groups, slope = ctx.groups, ctx.slope
-        # The activation's gradient, read off its output (same sign as its input).
-        grad_z = torch.ops.aten.leaky_relu_backward(grad_y, y, slope, True).contiguous()
+        # The activation's gradient, read off its output (same sign as its input), in y's layout.
+        grad_z = _in_layout_of(torch.ops.aten.leaky_relu_backward(grad_y, y, slope, True), y)
         # Undo the activation (a leaky ReLU of slope 1/slope) and the affine map: the input up to its
         # group mean, x' = x_hat / rstd, which the fused GroupNorm backward below normalises again
         # with a mean of 0. Three passes in all instead of a dozen element-wise ones.
-        x_prime = torch.nn.functional.leaky_relu(y, 1.0 / slope)
-        per_channel_rstd = rstd.view(batch, groups, 1).expand(batch, groups, channels // groups).reshape(batch, channels)
+        x_prime = _in_layout_of(torch.nn.functional.leaky_relu(y, 1.0 / slope), y)
+        per_channel_rstd = rstd.view(batch, groups).repeat_interleave(channels // groups, dim=1)     # (B, C)
         scale = 1.0 / (_safe_scale(weight).view(1, channels) * per_channel_rstd)     # (B, C)
         x_prime.sub_(bias.view(1, channels, 1)).mul_(scale.unsqueeze(2))
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
-            grad_z, x_prime, torch.zeros_like(rstd), rstd, weight, batch, channels, n, groups, [True, True, True])
+            _kernel_view(grad_z), _kernel_view(x_prime), torch.zeros_like(rstd), rstd, weight, batch, channels, n,
+            groups, [True, True, True])
+        grad_x = grad_x.view(batch, channels, n) if grad_x.dim() == 3 else grad_x.squeeze(3)
         return grad_x, grad_weight, grad_bias, None, None, None
+
+
+def _is_vertex_major(x: torch.Tensor) -> bool:
+    """Whether the (B, C, V) tensor ``x`` is a view of dense vertex-major (B, V, C) memory."""
+    batch, channels, n = x.shape
+    return channels > 1 and x.stride(1) == 1 and x.stride(2) == channels and (batch == 1 or x.stride(0) == n * channels)
+
+
+def _kernel_view(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, V) as the GroupNorm kernels take it: vertex-major memory on CPU as a channels-last
+    (B, C, V, 1) view, anything else as a contiguous (B, C, V) tensor (the CUDA kernels need that)."""
+    if x.device.type == "cpu" and _is_vertex_major(x):
+        batch, channels, n = x.shape
+        return x.as_strided((batch, channels, n, 1), (n * channels, 1, channels, channels))
+    return x.contiguous()
+
+
+def _in_layout_of(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``reference``'s layout (vertex-major or contiguous channels-first), copied only if needed."""
+    if _is_vertex_major(reference):
+        return x if _is_vertex_major(x) else x.transpose(1, 2).contiguous().transpose(1, 2)
+    return x.contiguous()
 
 
 def _safe_scale(weight: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
@@ -370,5 +402,6 @@ def group_norm_leaky_relu(x: torch.Tensor, groups: int, weight: torch.Tensor, bi
 
     Returns:
         (B, C, V), equal to the unfused modules; gradients equal them while ``|weight| >= 1e-4``.
+        Vertex-major input gives vertex-major output on CPU; otherwise the output is channels-first.
     """
     return _GroupNormLeakyReLU.apply(x, weight.to(x.dtype), bias.to(x.dtype), groups, eps, slope)

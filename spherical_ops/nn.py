@@ -1,8 +1,11 @@
 """Spherical CNN layers on icosahedral meshes (torch.nn modules).
 
-Every layer takes channels-first tensors ``(B, C, V)`` whose vertex axis follows FreeSurfer's icN
-order (:func:`spherical_ops.icosphere`). Index tables and sparse maps are non-persistent buffers:
-``module.to(device)`` moves them, and ``state_dict()`` holds only learned weights.
+Every layer takes ``(B, C, V)`` tensors whose vertex axis follows FreeSurfer's icN order
+(:func:`spherical_ops.icosphere`). Convolutions, pooling and upsampling return them as views of
+vertex-major ``(B, V, C)`` memory, the layout their gathers read, so no layer copies its input into
+another layout; ``IcoUNet`` returns channels-first memory. Index tables and sparse maps are
+non-persistent buffers: ``module.to(device)`` moves them, and ``state_dict()`` holds only learned
+weights.
 """
 from __future__ import annotations
 
@@ -72,13 +75,19 @@ def _shared_transpose(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 @functools.lru_cache(maxsize=None)
-def _shared_bags(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bags, M^T) of the fixed averaging maps of pooling and upsampling: bags (V_out, K) int32 lists
-    the vertices each output averages, M^T is the transposed averaging matrix (CSR) for the backward."""
+def _shared_bags(kind: str, level: int) -> torch.Tensor:
+    """The fixed averaging map of pooling or upsampling as bags: (V_out, K) int32, the vertices each
+    output averages."""
     with transient():
-        bags, n_in = _bag_table(kind, level)
-        matrix_t = averaging_matrix_t(bags, n_in)
-        return torch.from_numpy(np.ascontiguousarray(bags, dtype=np.int32)), matrix_t
+        bags, _ = _bag_table(kind, level)
+        return torch.from_numpy(np.ascontiguousarray(bags, dtype=np.int32))
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_matrix_t(kind: str, level: int) -> torch.Tensor:
+    """The transposed averaging matrix (CSR) of :func:`_shared_bags`, for the backward pass."""
+    inputs = 7 * n_vertices(level) if kind == "upconv" else n_vertices(level)
+    return averaging_matrix_t(_shared_bags(kind, level).numpy(), inputs)
 
 
 def _bag_table(kind: str, level: int) -> tuple[np.ndarray, int]:
@@ -111,7 +120,8 @@ class IcoConv(nn.Module):
         bias: learn an additive bias per output channel.
 
     Shapes:
-        input (B, in_channels, V), output (B, out_channels, V), ``V = 10 * 4**level + 2``.
+        input (B, in_channels, V), output (B, out_channels, V), ``V = 10 * 4**level + 2``; the output
+        is a view of vertex-major (B, V, out_channels) memory.
     """
 
     def __init__(self, in_channels: int, out_channels: int, level: int, ring: int = 1, bias: bool = True):
@@ -125,12 +135,11 @@ class IcoConv(nn.Module):
         index = _shared_index("ring1" if ring == 1 else "ring2", self.level)
         self.kernel_size = index.shape[1]
         self.register_buffer("index", index, persistent=False)
-        reverse, extras = _shared_transpose("ring1" if ring == 1 else "ring2", self.level)
-        self.register_buffer("reverse_index", reverse, persistent=False)
-        self.register_buffer("reverse_extras", extras, persistent=False)
-        # Extras per slot, counted once here: counting them in every backward pass would make a GPU
-        # wait for the count (a device-to-host copy per layer).
-        self._extras_per_slot = tuple(np.bincount(extras[:, 1].numpy(), minlength=self.kernel_size).tolist())
+        # The table read backwards, which only the backward pass uses, is made by the first forward
+        # pass that needs gradients (:meth:`transpose_tables`): inference never holds it.
+        self.register_buffer("reverse_index", None, persistent=False)
+        self.register_buffer("reverse_extras", None, persistent=False)
+        self._extras_per_slot: tuple[int, ...] | None = None
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
@@ -144,9 +153,23 @@ class IcoConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.level, "IcoConv")
-        return neighborhood_conv(x, self.weight.to(x.dtype),
-                                 None if self.bias is None else self.bias.to(x.dtype), self.index,
-                                 transpose=(self.reverse_index, self.reverse_extras, self._extras_per_slot))
+        weight = self.weight.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        transpose = self.transpose_tables() if _grad_needed(x, weight, bias) else None
+        return neighborhood_conv(x, weight, bias, self.index, transpose=transpose)
+
+    def transpose_tables(self) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """``(reverse, extras, extras per slot)`` for the backward pass (see
+        :func:`~spherical_ops.functional.neighborhood_conv`), made on the first call and kept as
+        non-persistent buffers on the device of ``index``."""
+        if self.reverse_index is None:
+            reverse, extras = _shared_transpose("ring1" if self.ring == 1 else "ring2", self.level)
+            self.reverse_index = reverse.to(self.index.device)
+            self.reverse_extras = extras.to(self.index.device)
+            # Counted once here: counting them in every backward pass would make a GPU wait for the
+            # count (a device-to-host copy per layer).
+            self._extras_per_slot = tuple(np.bincount(extras[:, 1].numpy(), minlength=self.kernel_size).tolist())
+        return self.reverse_index, self.reverse_extras, self._extras_per_slot
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, level={self.level}, ring={self.ring}, "
@@ -179,7 +202,7 @@ class IcoPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, x.shape[1] if x.dim() == 3 else 0, self.level, "IcoPool")
         if self.mode == "mean":
-            return bag_mean(x, self.bags, self.matrix_t)
+            return _average(self, x)
         return x[:, :, self.index.long()].amax(dim=-1)
 
     def extra_repr(self) -> str:
@@ -202,7 +225,7 @@ class IcoUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, x.shape[1] if x.dim() == 3 else 0, self.level, "IcoUpsample")
-        return bag_mean(x, self.bags, self.matrix_t)
+        return _average(self, x)
 
     def extra_repr(self) -> str:
         return f"level={self.level} -> {self.level + 1}"
@@ -254,7 +277,7 @@ class IcoUpConv(nn.Module):
             # output, inside the product, is added to the result: no extra pass over the fine mesh.
             z = torch.baddbmm(self.bias.to(x.dtype).repeat(7), x.transpose(1, 2), weight_t)
         z = z.reshape(batch, 7 * n_coarse, self.out_channels).transpose(1, 2)   # (B, out, 7V)
-        return bag_mean(z, self.bags, self.matrix_t)
+        return _average(self, z)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, level={self.level} -> {self.level + 1}"
@@ -400,7 +423,20 @@ def _check_channels(value, name: str) -> None:
 
 
 def _register_bags(module: nn.Module, kind: str, level: int) -> None:
-    """Register the shared averaging map ``kind`` at ``level`` (``bags``, ``matrix_t``) as non-persistent buffers."""
-    bags, matrix_t = _shared_bags(kind, level)
-    module.register_buffer("bags", bags, persistent=False)
-    module.register_buffer("matrix_t", matrix_t, persistent=False)
+    """Register the shared averaging map ``kind`` at ``level`` as the non-persistent buffer ``bags``;
+    its transposed matrix ``matrix_t``, used only by the backward pass, is made by :func:`_average`."""
+    module.register_buffer("bags", _shared_bags(kind, level), persistent=False)
+    module.register_buffer("matrix_t", None, persistent=False)
+    module._bag_kind = kind
+
+
+def _average(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``bag_mean`` over ``module.bags``, making ``module.matrix_t`` when a gradient is first needed."""
+    if module.matrix_t is None and _grad_needed(x):
+        module.matrix_t = _shared_matrix_t(module._bag_kind, module.level).to(module.bags.device)
+    return bag_mean(x, module.bags, module.matrix_t)
+
+
+def _grad_needed(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will record an operation on ``tensors`` (so its backward tables are needed)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

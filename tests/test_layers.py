@@ -127,9 +127,10 @@ def test_conv_gradient_by_gather_equals_scatter(ring, counted):
     from spherical_ops.functional import neighborhood_conv
     torch.manual_seed(3)
     conv = IcoConv(3, 4, 3, ring=ring)
-    assert sum(conv._extras_per_slot) == conv.reverse_extras.shape[0] > 0
+    reverse, extras, per_slot = conv.transpose_tables()
+    assert sum(per_slot) == extras.shape[0] > 0
     x = torch.randn(2, 3, so.n_vertices(3), requires_grad=True)
-    transpose = (conv.reverse_index, conv.reverse_extras) + ((conv._extras_per_slot,) if counted else ())
+    transpose = (reverse, extras) + ((per_slot,) if counted else ())
     y1, g1 = grads(lambda: neighborhood_conv(x, conv.weight, conv.bias, conv.index, transpose), x, conv.weight)
     y2, g2 = grads(lambda: neighborhood_conv(x, conv.weight, conv.bias, conv.index), x, conv.weight)
     torch.testing.assert_close(y1, y2)
@@ -144,7 +145,7 @@ def test_conv_weight_gradient_without_input_gradient(c_in, c_out):
     torch.manual_seed(4)
     conv = IcoConv(c_in, c_out, 3)
     x = torch.randn(2, c_in, so.n_vertices(3))
-    transpose = (conv.reverse_index, conv.reverse_extras)
+    transpose = conv.transpose_tables()[:2]
     y1, g1 = grads(lambda: neighborhood_conv(x, conv.weight, conv.bias, conv.index, transpose), conv.weight, conv.bias)
     y2, g2 = grads(lambda: neighborhood_conv(x, conv.weight, conv.bias, conv.index), conv.weight, conv.bias)
     for a, b in zip(g1, g2):
@@ -269,12 +270,45 @@ def test_unet_overfits_a_smooth_target_quickly():
 
 def test_state_dict_holds_only_weights_and_buffers_follow_dtype():
     net = IcoUNet(1, 1, level=3, depth=2, base_channels=4)
+    x = torch.randn(1, 1, so.n_vertices(3), dtype=torch.float64)
+    net.double()(x).sum().backward()                    # makes the backward tables too
     keys = net.state_dict().keys()
-    assert not any(k.endswith(("index", "bags", "matrix_t")) for k in keys)
-    half = IcoPool(3).to(torch.float32)
-    assert half.matrix_t.dtype == torch.float32
-    x = torch.randn(1, 1, so.n_vertices(3), dtype=torch.float32)
-    assert net.float()(x).dtype == torch.float32
+    assert not any(k.endswith(("index", "bags", "matrix_t", "extras")) for k in keys)
+    assert net.float()(x.float()).dtype == torch.float32
+    assert net.down[1][0].matrix_t.dtype == torch.float32
+
+
+def test_backward_tables_are_made_only_when_a_gradient_is_needed():
+    """Inference holds no table read backwards and no transposed averaging matrix; the first pass
+    that records gradients makes them once, shared between layers of the same level."""
+    net = IcoUNet(1, 1, level=3, depth=3, base_channels=4)
+    x = torch.randn(1, 1, so.n_vertices(3))
+    convs = [m for m in net.modules() if isinstance(m, IcoConv)]
+    averaging = [m for m in net.modules() if isinstance(m, (IcoPool, IcoUpConv))]
+    with torch.inference_mode():
+        net(x)
+    with torch.no_grad():
+        net(x)
+    assert all(c.reverse_index is None for c in convs) and all(m.matrix_t is None for m in averaging)
+    expected = net(x).detach()
+    net(x).sum().backward()
+    assert all(c.reverse_index is not None for c in convs) and all(m.matrix_t is not None for m in averaging)
+    same_level = [c for c in convs if c.level == 3]
+    assert len({c.reverse_index.data_ptr() for c in same_level}) == 1
+    torch.testing.assert_close(net(x), expected)
+    # A frozen network with an input that needs no gradient records nothing either.
+    frozen = IcoUNet(1, 1, level=3, depth=2, base_channels=4).requires_grad_(False)
+    frozen(x)
+    assert all(c.reverse_index is None for c in frozen.modules() if isinstance(c, IcoConv))
+
+
+def test_bag_mean_without_matrix_names_what_the_gradient_needs():
+    from spherical_ops.functional import bag_mean
+    pool = IcoPool(2)
+    x = torch.randn(1, 2, so.n_vertices(2))
+    assert bag_mean(x, pool.bags, None).shape == (1, 2, so.n_vertices(1))
+    with pytest.raises(ValueError, match="needs matrix_t"):
+        bag_mean(x.requires_grad_(True), pool.bags, None)
 
 
 @pytest.mark.parametrize("make, shape, match", [
@@ -306,8 +340,9 @@ def test_repr_shows_level_and_channels():
     assert "level=5" in repr(IcoConv(3, 8, 5)) and "3, 8" in repr(IcoConv(3, 8, 5))
 
 
+@pytest.mark.parametrize("vertex_major", [False, True])
 @pytest.mark.parametrize("groups, channels", [(4, 8), (2, 2), (3, 3)])
-def test_fused_group_norm_leaky_relu_equals_the_separate_modules(groups, channels):
+def test_fused_group_norm_leaky_relu_equals_the_separate_modules(groups, channels, vertex_major):
     from spherical_ops.nn import GroupNormLeakyReLU
     torch.manual_seed(0)
     fused = GroupNormLeakyReLU(groups, channels)
@@ -316,13 +351,45 @@ def test_fused_group_norm_leaky_relu_equals_the_separate_modules(groups, channel
         fused.bias.uniform_(-1, 1)
     plain = torch.nn.GroupNorm(groups, channels)
     plain.load_state_dict(fused.state_dict())
-    x = torch.randn(2, channels, 162, requires_grad=True)
+    x = torch.randn(2, channels, 162)
+    if vertex_major:                    # a convolution's output: (B, C, V) view of (B, V, C) memory
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    x.requires_grad_(True)
     y_fused, g_fused = grads(lambda: fused(x), x, fused.weight, fused.bias)
+    assert (y_fused.stride(1) == 1) == (vertex_major and channels > 1)     # the layout is kept
     y_plain, g_plain = grads(lambda: torch.nn.functional.leaky_relu(plain(x), 0.2), x, plain.weight, plain.bias)
     torch.testing.assert_close(y_fused, y_plain)
     for a, b in zip(g_fused, g_plain):
         torch.testing.assert_close(a, b)
 
+
+
+@pytest.mark.parametrize("make", [lambda: IcoConv(3, 5, 2), lambda: IcoPool(2), lambda: IcoUpConv(3, 5, 2),
+                                  lambda: IcoUNet(3, 2, 2, depth=2, base_channels=4)])
+def test_layers_give_the_same_values_and_gradients_in_either_input_layout(make):
+    """Layers return vertex-major views and take any layout: a vertex-major input (what the layers
+    pass on) and a channels-first one give the same outputs and gradients; the U-Net's output is
+    channels-first memory."""
+    torch.manual_seed(1)
+    layer = make().double()
+    level = layer.level
+    x = torch.randn(2, 3, so.n_vertices(level), dtype=torch.float64)
+    x_rows = x.transpose(1, 2).contiguous().transpose(1, 2)
+    results = []
+    for inp in (x.clone().requires_grad_(True), x_rows.clone().requires_grad_(True)):
+        y = layer(inp)
+        layer.zero_grad()
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view(y.shape)).sum().backward()
+        results.append((y.detach(), inp.grad, [p.grad.clone() for p in layer.parameters()]))
+    (y1, gx1, gp1), (y2, gx2, gp2) = results
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(gx1, gx2)
+    for a, b in zip(gp1, gp2):
+        torch.testing.assert_close(a, b)
+    if isinstance(layer, IcoUNet):
+        assert y1.is_contiguous()
+    else:
+        assert y1.stride(1) == 1                        # channels innermost: rows of vertices
 
 
 def test_building_and_running_a_network_loads_no_scipy():

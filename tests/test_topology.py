@@ -82,9 +82,9 @@ def test_network_build_does_not_keep_meshes_it_computed():
     """Layers keep int32 torch copies of the tables; the float64 meshes and int64 tables computed for
     them are dropped, while what the caller had cached before stays cached."""
     from spherical_ops import mesh
-    from spherical_ops.nn import IcoUNet, _shared_bags, _shared_index, _shared_transpose
+    from spherical_ops.nn import IcoUNet, _shared_bags, _shared_index, _shared_matrix_t, _shared_transpose
 
-    for cache in (_shared_index, _shared_transpose, _shared_bags, mesh._build, topology.adjacency,
+    for cache in (_shared_index, _shared_transpose, _shared_bags, _shared_matrix_t, mesh._build, topology.adjacency,
                   topology.neighbors_1ring, topology.pooling_index, topology.upconv_slots):
         cache.cache_clear()
     so.icosphere(2)                                     # cached by the caller before the build

@@ -17,6 +17,7 @@ rows of that layout, so activations flow from layer to layer without a transpose
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,98 +40,116 @@ def _tile_size(device: torch.device, n: int, row_bytes: int) -> int:
 
 
 class _NeighborhoodConv(torch.autograd.Function):
-    """y[b, o, v] = bias[o] + sum_{c, k} weight[o, c, k] * x[b, c, index[v, k]], y vertex-major."""
+    """y[b, o, v] = bias[o] + sum_{c, k} weight[o, c, k] * x[b, c, index[v, k]], y vertex-major,
+    where x is the channel concatenation of the inputs ``xs`` (never formed)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, flat_index, ring_size, reverse, extras, extras_per_slot):
-        batch, c_in, _ = x.shape
+    def forward(ctx, flat_index, ring_size, reverse, extras, extras_per_slot, weight, bias, *xs):
         n_out = flat_index.numel() // ring_size
-        x_rows = x.transpose(1, 2).contiguous()           # (B, V_in, C), no copy if x is vertex-major
-        y_rows = x.new_empty(batch, n_out, weight.shape[0])
-        _conv_tiles(x_rows, _slot_major(weight), flat_index, ring_size, y_rows, bias)
-        y = y_rows.transpose(1, 2)
-        ctx.save_for_backward(x, weight, flat_index, reverse, extras)
+        sources = [x.transpose(1, 2).contiguous() for x in xs]     # (B, V_in, C_i), no copy if vertex-major
+        y_rows = xs[0].new_empty(xs[0].shape[0], n_out, weight.shape[0])
+        w_rows = [_slot_major(w) for w in _split_channels(weight, xs)]
+        _conv_tiles(sources, w_rows, flat_index, ring_size, y_rows, bias)
+        ctx.save_for_backward(flat_index, reverse, extras, weight, *xs)
         ctx.has_bias = bias is not None
         ctx.ring_size = ring_size
         ctx.extras_per_slot = extras_per_slot
-        return y
+        return y_rows.transpose(1, 2)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, weight, flat_index, reverse, extras = ctx.saved_tensors
+        flat_index, reverse, extras, weight, *xs = ctx.saved_tensors
         k = ctx.ring_size
         c_out, c_in = weight.shape[:2]
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_w, need_b = ctx.needs_input_grad[5:7]
+        need_xs = ctx.needs_input_grad[7:]
         if grad_y.stride(1) != 1 and grad_y.stride(2) != 1:       # e.g. expanded: BLAS needs a unit stride
             grad_y = grad_y.contiguous()
-        grad_x = grad_w = grad_b = None
+        weights = _split_channels(weight, xs)
         # With the transpose table both gradients come from one gather of grad_y per input tile; when
         # only the weight gradient is needed and the input is narrower (a first layer), gathering the
         # input is cheaper.
-        if reverse is not None and (need_x or (need_w and c_out <= c_in)):
-            grad_x, grad_w = _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need_w,
-                                                      ctx.extras_per_slot)
+        if reverse is not None and (any(need_xs) or (need_w and c_out <= c_in)):
+            grad_xs, grad_ws = _backward_by_input_tiles(xs, grad_y, weights, k, reverse, extras, need_xs, need_w,
+                                                        ctx.extras_per_slot)
         else:
-            if need_x:
-                grad_x = _input_grad_by_scatter(grad_y, weight, flat_index, k, x.shape[2])
-            if need_w:
-                grad_w = _weight_grad_by_output_tiles(x, grad_y, flat_index, k, c_out)
-        if need_b and ctx.has_bias:
-            grad_b = grad_y.sum((0, 2))
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+            grad_xs = [_input_grad_by_scatter(grad_y, w, flat_index, k, x.shape[2]) if need else None
+                       for x, w, need in zip(xs, weights, need_xs)]
+            grad_ws = [_weight_grad_by_output_tiles(x, grad_y, flat_index, k, c_out) for x in xs] if need_w else None
+        grad_w = None if grad_ws is None else grad_ws[0] if len(grad_ws) == 1 else torch.cat(grad_ws, dim=1)
+        grad_b = grad_y.sum((0, 2)) if need_b and ctx.has_bias else None
+        return (None, None, None, None, None, grad_w, grad_b, *grad_xs)
 
 
-def _conv_tiles(src_rows, w_rows, flat_index, k, out_rows, bias=None):
-    """out_rows[b, v] = bias + concat_k(src_rows[b, index[v, k]]) @ w_rows^T, tile by tile.
+def _split_channels(weight: torch.Tensor, xs) -> tuple[torch.Tensor, ...]:
+    """The (O, C_i, K) blocks of ``weight`` that act on each input of the concatenation ``xs``."""
+    return torch.split(weight, [x.shape[1] for x in xs], dim=1)
 
-    src_rows (B, V_src, C) gathers fast by rows; w_rows (O, K*C) slot-major; out_rows (B, V_out, O),
-    each tile a contiguous block of rows: the layout the next gather reads; bias (O,) or None.
+
+def _conv_tiles(sources, w_rows, flat_index, k, out_rows, bias=None):
+    """out_rows[b, v] = bias + sum_i concat_k(sources_i[b, index[v, k]]) @ w_rows_i^T, tile by tile.
+
+    sources: (B, V_src, C_i) rows, gathered fast; w_rows: (O, K*C_i) slot-major, one per source;
+    out_rows (B, V_out, O), each tile a contiguous block of rows, the layout the next gather reads;
+    bias (O,) or None. Several sources give a convolution of their channel concatenation without
+    forming it (a U-Net's skip connection).
     """
-    batch, _, c = src_rows.shape
-    n_out = out_rows.shape[1]
-    tile = _tile_size(src_rows.device, n_out, k * c * src_rows.element_size())
-    buf = src_rows.new_empty(tile * k, c)
+    batch, n_out = out_rows.shape[:2]
+    widest = max(src.shape[2] for src in sources)
+    tile = _tile_size(out_rows.device, n_out, k * widest * out_rows.element_size())
+    buf = out_rows.new_empty(tile * k * widest)
     for b in range(batch):
         for start in range(0, n_out, tile):
             stop = min(n_out, start + tile)
-            gathered = _gather_tile(src_rows[b], flat_index, start, stop, k, buf)
-            if bias is None:
-                torch.mm(gathered, w_rows.t(), out=out_rows[b, start:stop])
-            else:
-                torch.addmm(bias, gathered, w_rows.t(), out=out_rows[b, start:stop])
+            out = out_rows[b, start:stop]
+            for i, (src, w) in enumerate(zip(sources, w_rows)):
+                gathered = _gather_tile(src[b], flat_index, start, stop, k, buf)
+                if i > 0:
+                    out.addmm_(gathered, w.t())
+                elif bias is None:
+                    torch.mm(gathered, w.t(), out=out)
+                else:
+                    torch.addmm(bias, gathered, w.t(), out=out)
 
 
-def _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need_w, extras_per_slot=None):
-    """Both gradients from the table read backwards (:func:`transpose_table`).
+def _backward_by_input_tiles(xs, grad_y, weights, k, reverse, extras, need_xs, need_w, extras_per_slot=None):
+    """Input and weight gradients from the table read backwards (:func:`transpose_table`).
 
     For an input tile of vertices u, ``H[u, (k, o)] = grad_y[o, v]`` for the vertex v that uses u in
-    slot k (zero if none) is gathered once; then the rows ``grad_x[tile] = H @ W'_rows^T`` (returned
-    as a vertex-major view) and ``grad_w += x[:, tile] @ H``, where x's slice is read in place. Rows are only
-    gathered, never scattered (``index_add_`` costs 2-3x more per row), and the input is neither
-    transposed nor gathered again. The few slots used by several vertices (``extras``) are added
-    slot by slot.
+    slot k (zero if none) is gathered once; then, for each input x_i, the rows
+    ``grad_x_i[tile] = H @ W'_i^T`` (returned as a vertex-major view) and ``grad_w_i += x_i[:, tile] @ H``,
+    where x_i's slice is read in place. Rows are only gathered, never scattered (``index_add_`` costs
+    2-3x more per row), and the inputs are neither transposed nor gathered again. The few slots used
+    by several vertices (``extras``) are added slot by slot.
+
+    Returns:
+        a list of (B, C_i, V_in) input gradients (None where not needed) and, if ``need_w``, a list of
+        (O, C_i, K) weight gradients.
     """
-    batch, c_in, n_in = x.shape
-    c_out, n_out = weight.shape[0], grad_y.shape[2]
+    batch, _, n_in = xs[0].shape
+    c_out, n_out = weights[0].shape[0], grad_y.shape[2]
     # Rows of grad_y plus one zero row, the target of slots no vertex uses.
     g_rows = grad_y.new_empty(batch, n_out + 1, c_out)
     g_rows[:, :n_out].copy_(grad_y.transpose(1, 2))
     g_rows[:, n_out].zero_()
-    wt_rows = _slot_major(weight.transpose(0, 1)) if need_x else None          # (C, K*O)
-    grad_x_rows = grad_y.new_empty(batch, n_in, c_in) if need_x else None
-    grad_w_cols = grad_y.new_zeros(c_in, k * c_out) if need_w else None        # (C, K*O)
-    tile = _tile_size(x.device, n_in, k * c_out * grad_y.element_size())
-    buf = grad_y.new_empty(tile * k, c_out)
+    wt_rows = [_slot_major(w.transpose(0, 1)) if need else None for w, need in zip(weights, need_xs)]   # (C_i, K*O)
+    grad_x_rows = [grad_y.new_empty(batch, n_in, x.shape[1]) if need else None for x, need in zip(xs, need_xs)]
+    grad_w_cols = [grad_y.new_zeros(x.shape[1], k * c_out) for x in xs] if need_w else None            # (C_i, K*O)
+    tile = _tile_size(grad_y.device, n_in, k * c_out * grad_y.element_size())
+    buf = grad_y.new_empty(tile * k * c_out)
     for b in range(batch):
         for start in range(0, n_in, tile):
             stop = min(n_in, start + tile)
             h = _gather_tile(g_rows[b], reverse, start, stop, k, buf)            # (T, K*O)
-            if need_x:
-                torch.mm(h, wt_rows.t(), out=grad_x_rows[b, start:stop])
-            if need_w:
-                grad_w_cols.addmm_(x[b, :, start:stop], h)
-    grad_w = grad_w_cols.view(c_in, k, c_out).permute(2, 0, 1).contiguous() if need_w else None
+            for i, x in enumerate(xs):
+                if need_xs[i]:
+                    torch.mm(h, wt_rows[i].t(), out=grad_x_rows[i][b, start:stop])
+                if need_w:
+                    grad_w_cols[i].addmm_(x[b, :, start:stop], h)
+    grad_ws = None
+    if need_w:
+        grad_ws = [g.view(x.shape[1], k, c_out).permute(2, 0, 1).contiguous() for g, x in zip(grad_w_cols, xs)]
     # The few slots used by more than one vertex, slot by slot (extras are sorted by slot).
     counts = extras_per_slot
     if counts is None:
@@ -141,12 +160,13 @@ def _backward_by_input_tiles(x, grad_y, weight, k, reverse, extras, need_x, need
             u, v = extras[start:start + count, 0], extras[start:start + count, 2]
             for b in range(batch):
                 g_extra = g_rows[b, v]                                          # (n, O)
-                if need_x:
-                    grad_x_rows[b].index_add_(0, u, torch.mm(g_extra, weight[:, :, slot]))
-                if need_w:
-                    grad_w[:, :, slot].addmm_(g_extra.t(), x[b][:, u].t())
+                for i, x in enumerate(xs):
+                    if need_xs[i]:
+                        grad_x_rows[i][b].index_add_(0, u, torch.mm(g_extra, weights[i][:, :, slot]))
+                    if need_w:
+                        grad_ws[i][:, :, slot].addmm_(g_extra.t(), x[b][:, u].t())
             start += count
-    return (None if grad_x_rows is None else grad_x_rows.transpose(1, 2)), grad_w
+    return [None if g is None else g.transpose(1, 2) for g in grad_x_rows], grad_ws
 
 
 def _weight_grad_by_output_tiles(x, grad_y, flat_index, k, c_out):
@@ -155,7 +175,7 @@ def _weight_grad_by_output_tiles(x, grad_y, flat_index, k, c_out):
     n_out = grad_y.shape[2]
     x_rows = x.transpose(1, 2).contiguous()
     tile = _tile_size(x.device, n_out, k * c_in * x.element_size())
-    buf = x.new_empty(tile * k, c_in)
+    buf = x.new_empty(tile * k * c_in)
     grad_w_rows = x.new_zeros(c_out, k * c_in)
     for b in range(batch):
         for start in range(0, n_out, tile):
@@ -220,20 +240,22 @@ def _slot_major(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _gather_tile(x_rows, flat_index, start, stop, k, buf):
-    """Rows ``index[start:stop]`` of ``x_rows`` (V, C) into ``buf``, viewed as (T, K*C)."""
-    n = (stop - start) * k
-    out = buf[:n]
+    """Rows ``index[start:stop]`` of ``x_rows`` (V, C) into the flat buffer ``buf``, viewed as (T, K*C)."""
+    n, c = (stop - start) * k, x_rows.shape[1]
+    out = buf[: n * c].view(n, c)
     torch.index_select(x_rows, 0, flat_index[start * k: stop * k], out=out)
-    return out.view(stop - start, -1)
+    return out.view(stop - start, k * c)
 
 
-def neighborhood_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+def neighborhood_conv(x: torch.Tensor | Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None,
                       index: torch.Tensor, transpose: tuple[torch.Tensor, torch.Tensor] | None = None
                       ) -> torch.Tensor:
     """Spherical convolution over fixed neighbourhoods.
 
     Args:
-        x: (B, C_in, V_in) input features.
+        x: (B, C_in, V_in) input features, or a sequence of (B, C_i, V_in) tensors with
+            ``sum(C_i) == C_in``: the convolution of their channel concatenation, which is never
+            formed (each input is gathered on its own, tile by tile).
         weight: (C_out, C_in, K) filter, one weight per neighbourhood slot.
         bias: (C_out,) or None.
         index: (V_out, K) int32 or int64 neighbourhood table (e.g. ``topology.neighbors_1ring``).
@@ -247,12 +269,17 @@ def neighborhood_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         a view of vertex-major (B, V_out, C_out) memory (``.contiguous()`` gives channels-first memory
         where a caller needs it).
     """
+    xs = (x,) if isinstance(x, torch.Tensor) else tuple(x)
+    widths = [t.shape[1] for t in xs]
+    if sum(widths) != weight.shape[1] or len({(t.shape[0], t.shape[2]) for t in xs}) != 1:
+        raise ValueError(f"inputs of shapes {[tuple(t.shape) for t in xs]} do not concatenate to the "
+                         f"{weight.shape[1]} input channels of a weight of shape {tuple(weight.shape)}")
     k = weight.shape[2]
     reverse = extras = per_slot = None
     if transpose is not None:
         reverse, extras = transpose[0].reshape(-1), transpose[1]
         per_slot = tuple(transpose[2]) if len(transpose) > 2 else None
-    return _NeighborhoodConv.apply(x, weight, bias, index.reshape(-1), k, reverse, extras, per_slot)
+    return _NeighborhoodConv.apply(index.reshape(-1), k, reverse, extras, per_slot, weight, bias, *xs)
 
 
 class _BagMean(torch.autograd.Function):

@@ -48,6 +48,17 @@ def check_input(x: torch.Tensor, channels: int, level: int, layer: str) -> None:
                          "40962, 163842")
 
 
+def _check_concatenation(xs: tuple, channels: int, level: int) -> None:
+    """Raise a clear error unless ``xs`` are (B, C_i, V(level)) tensors with ``sum(C_i) == channels``."""
+    for i, x in enumerate(xs):
+        check_input(x, x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 3 else 0, level,
+                    f"IcoConv (input {i + 1} of {len(xs)})")
+    shapes = [tuple(x.shape) for x in xs]
+    if sum(shape[1] for shape in shapes) != channels or len({shape[0] for shape in shapes}) != 1:
+        raise ValueError(f"IcoConv expects inputs that concatenate to (B, {channels}, {n_vertices(level)}) "
+                         f"along the channels, got shapes {shapes}")
+
+
 def topology_level(n: int) -> int:
     from spherical_ops.mesh import level_of
     return level_of(n)
@@ -151,12 +162,17 @@ class IcoConv(nn.Module):
             bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size)
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_channels, self.level, "IcoConv")
+    def forward(self, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
+        """Convolve ``x``; with further inputs, convolve the channel concatenation of all of them
+        (``conv(a, b)`` equals ``conv(torch.cat([a, b], 1))``) without forming it."""
+        if more:
+            _check_concatenation((x, *more), self.in_channels, self.level)
+        else:
+            check_input(x, self.in_channels, self.level, "IcoConv")
         weight = self.weight.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        transpose = self.transpose_tables() if _grad_needed(x, weight, bias) else None
-        return neighborhood_conv(x, weight, bias, self.index, transpose=transpose)
+        transpose = self.transpose_tables() if _grad_needed(x, *more, weight, bias) else None
+        return neighborhood_conv((x, *more), weight, bias, self.index, transpose=transpose)
 
     def transpose_tables(self) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
         """``(reverse, extras, extras per slot)`` for the backward pass (see
@@ -268,16 +284,9 @@ class IcoUpConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.level, "IcoUpConv")
-        batch, _, n_coarse = x.shape
-        weight_t = self.weight.to(x.dtype).t().expand(batch, -1, -1)            # (B, in, 7*out)
-        if self.bias is None:
-            z = torch.bmm(x.transpose(1, 2), weight_t)                          # (B, V, 7*out)
-        else:
-            # Every fine output is one slot output or the mean of two, so a bias added to every slot
-            # output, inside the product, is added to the result: no extra pass over the fine mesh.
-            z = torch.baddbmm(self.bias.to(x.dtype).repeat(7), x.transpose(1, 2), weight_t)
-        z = z.reshape(batch, 7 * n_coarse, self.out_channels).transpose(1, 2)   # (B, out, 7V)
-        return _average(self, z)
+        weight = self.weight.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return _average(self, _slot_outputs(x, weight, bias))
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, level={self.level} -> {self.level + 1}"
@@ -315,6 +324,22 @@ def _norm_and_activation(kind: str, channels: int) -> list[nn.Module]:
     if kind == "none":
         return [nn.LeakyReLU(0.2, inplace=True)]
     raise ValueError(f"norm must be 'group', 'instance', 'batch' or 'none', got {kind!r}")
+
+
+def _slot_outputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The transposed convolution's slot outputs ``z[b, o, 7 i + k] = (W_k x_i)_o + bias_o``.
+
+    x (B, C, V); weight (7 * O, C), rows ``k * O + o``; bias (O,) or None. Returns (B, O, 7 V).
+    """
+    batch, _, n_coarse = x.shape
+    weight_t = weight.t().expand(batch, -1, -1)                               # (B, C, 7*O)
+    if bias is None:
+        z = torch.bmm(x.transpose(1, 2), weight_t)                            # (B, V, 7*O)
+    else:
+        # Every fine output is one slot output or the mean of two, so a bias added to every slot
+        # output, inside the product, is added to the result: no extra pass over the fine mesh.
+        z = torch.baddbmm(bias.repeat(7), x.transpose(1, 2), weight_t)
+    return z.reshape(batch, 7 * n_coarse, -1).transpose(1, 2)
 
 
 class _ConvBlock(nn.Sequential):
@@ -386,7 +411,14 @@ class IcoUNet(nn.Module):
             skips.append(x)
         skips.pop()
         for up, merge in zip(self.up, self.merge):
-            x = merge(_cat_vertex_major(up(x), skips.pop()))
+            # The block's first convolution reads the upsampled features and the skip connection as
+            # two inputs, so their concatenation is never formed; calling the layers one by one frees
+            # both once it has run (a call of the whole block would hold its inputs until it returns).
+            first, *rest = merge
+            x = up(x)                                   # rebound here: the coarser features are freed
+            x = first(x, skips.pop())
+            for layer in rest:
+                x = layer(x)
         return self.head(x)
 
     def extra_repr(self) -> str:
@@ -409,12 +441,6 @@ class PointwiseLinear(nn.Conv1d):
         if self.bias is not None:
             y = y + self.bias.to(x.dtype).view(1, -1, 1)
         return y
-
-
-def _cat_vertex_major(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Channel concatenation of two (B, C, V) tensors, stored vertex-major: a (B, C_a + C_b, V) view
-    of (B, V, C_a + C_b) memory, the layout the next convolution gathers from (so it copies nothing)."""
-    return torch.cat([a.transpose(1, 2), b.transpose(1, 2)], dim=2).transpose(1, 2)
 
 
 def _check_channels(value, name: str) -> None:

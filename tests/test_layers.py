@@ -392,6 +392,36 @@ def test_layers_give_the_same_values_and_gradients_in_either_input_layout(make):
         assert y1.stride(1) == 1                        # channels innermost: rows of vertices
 
 
+@pytest.mark.parametrize("with_transpose", [True, False])
+def test_conv_of_several_inputs_equals_conv_of_their_concatenation(with_transpose):
+    """conv(a, b) == conv(cat([a, b])) in values and in every gradient, through the transpose-table
+    backward and the scatter fallback."""
+    from spherical_ops.functional import neighborhood_conv
+    torch.manual_seed(5)
+    conv = IcoConv(5, 4, 3).double()
+    a = torch.randn(2, 2, so.n_vertices(3), dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 3, so.n_vertices(3), dtype=torch.float64).transpose(1, 2).contiguous().transpose(1, 2)
+    b.requires_grad_(True)
+    transpose = conv.transpose_tables() if with_transpose else None
+    y1, g1 = grads(lambda: neighborhood_conv((a, b), conv.weight, conv.bias, conv.index, transpose),
+                   a, b, conv.weight, conv.bias)
+    y2, g2 = grads(lambda: neighborhood_conv(torch.cat([a, b], 1), conv.weight, conv.bias, conv.index, transpose),
+                   a, b, conv.weight, conv.bias)
+    torch.testing.assert_close(y1, y2)
+    for got, expected in zip(g1, g2):
+        torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(conv(a, b), y2)
+
+
+def test_conv_of_several_inputs_names_what_does_not_concatenate():
+    conv = IcoConv(5, 4, 2)
+    a, b = torch.zeros(1, 2, 162), torch.zeros(1, 2, 162)
+    with pytest.raises(ValueError, match=r"concatenate to \(B, 5, 162\).*\[\(1, 2, 162\), \(1, 2, 162\)\]"):
+        conv(a, b)
+    with pytest.raises(ValueError, match="input 2 of 2.*expects 162 vertices, got 642"):
+        conv(a, torch.zeros(1, 3, 642))
+
+
 def test_building_and_running_a_network_loads_no_scipy():
     """scipy costs ~14 MB of resident memory on import; a 1-ring network needs none of it."""
     import subprocess

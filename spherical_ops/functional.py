@@ -11,8 +11,9 @@ upsampling and the averaging step of the transposed convolution average fixed li
 backward pass the transposed averaging matrix in sparse CSR form.
 
 All functions take ``(B, C, V)`` tensors like the layers, in any memory layout. Their outputs are
-``(B, C, V)`` views of vertex-major ``(B, V, C)`` memory (the input gradients too): the gathers read
-rows of that layout, so activations flow from layer to layer without a transposed copy.
+``(B, C, V)`` views of vertex-major ``(B, V, C)`` memory: the gathers read rows of that layout, so
+activations flow from layer to layer without a transposed copy. The convolution's input gradients
+come in their input's layout.
 """
 from __future__ import annotations
 
@@ -117,8 +118,8 @@ def _backward_by_input_tiles(xs, grad_y, weights, k, reverse, extras, need_xs, n
     """Input and weight gradients from the table read backwards (:func:`transpose_table`).
 
     For an input tile of vertices u, ``H[u, (k, o)] = grad_y[o, v]`` for the vertex v that uses u in
-    slot k (zero if none) is gathered once; then, for each input x_i, the rows
-    ``grad_x_i[tile] = H @ W'_i^T`` (returned as a vertex-major view) and ``grad_w_i += x_i[:, tile] @ H``,
+    slot k (zero if none) is gathered once; then, for each input x_i, ``grad_x_i[:, tile] = W'_i @ H^T``
+    (written in x_i's layout) and ``grad_w_i += x_i[:, tile] @ H``,
     where x_i's slice is read in place. Rows are only gathered, never scattered (``index_add_`` costs
     2-3x more per row), and the inputs are neither transposed nor gathered again. The few slots used
     by several vertices (``extras``) are added slot by slot.
@@ -134,7 +135,11 @@ def _backward_by_input_tiles(xs, grad_y, weights, k, reverse, extras, need_xs, n
     g_rows[:, :n_out].copy_(grad_y.transpose(1, 2))
     g_rows[:, n_out].zero_()
     wt_rows = [_slot_major(w.transpose(0, 1)) if need else None for w, need in zip(weights, need_xs)]   # (C_i, K*O)
-    grad_x_rows = [grad_y.new_empty(batch, n_in, x.shape[1]) if need else None for x, need in zip(xs, need_xs)]
+    # Each input's gradient in that input's layout (autograd would otherwise copy a leaf's gradient
+    # into it): rows for vertex-major inputs, channels-first otherwise.
+    as_rows = [x.stride(1) == 1 for x in xs]
+    grad_xs = [None if not need else grad_y.new_empty(batch, n_in, x.shape[1]).transpose(1, 2) if rows
+               else grad_y.new_empty(batch, x.shape[1], n_in) for x, need, rows in zip(xs, need_xs, as_rows)]
     grad_w_cols = [grad_y.new_zeros(x.shape[1], k * c_out) for x in xs] if need_w else None            # (C_i, K*O)
     tile = _tile_size(grad_y.device, n_in, k * c_out * grad_y.element_size())
     buf = grad_y.new_empty(tile * k * c_out)
@@ -143,8 +148,10 @@ def _backward_by_input_tiles(xs, grad_y, weights, k, reverse, extras, need_xs, n
             stop = min(n_in, start + tile)
             h = _gather_tile(g_rows[b], reverse, start, stop, k, buf)            # (T, K*O)
             for i, x in enumerate(xs):
-                if need_xs[i]:
-                    torch.mm(h, wt_rows[i].t(), out=grad_x_rows[i][b, start:stop])
+                if need_xs[i] and as_rows[i]:
+                    torch.mm(h, wt_rows[i].t(), out=grad_xs[i][b, :, start:stop].t())
+                elif need_xs[i]:
+                    torch.mm(wt_rows[i], h.t(), out=grad_xs[i][b, :, start:stop])
                 if need_w:
                     grad_w_cols[i].addmm_(x[b, :, start:stop], h)
     grad_ws = None
@@ -162,11 +169,11 @@ def _backward_by_input_tiles(xs, grad_y, weights, k, reverse, extras, need_xs, n
                 g_extra = g_rows[b, v]                                          # (n, O)
                 for i, x in enumerate(xs):
                     if need_xs[i]:
-                        grad_x_rows[i][b].index_add_(0, u, torch.mm(g_extra, weights[i][:, :, slot]))
+                        grad_xs[i][b].index_add_(1, u, torch.mm(weights[i][:, :, slot].t(), g_extra.t()))
                     if need_w:
                         grad_ws[i][:, :, slot].addmm_(g_extra.t(), x[b][:, u].t())
             start += count
-    return [None if g is None else g.transpose(1, 2) for g in grad_x_rows], grad_ws
+    return grad_xs, grad_ws
 
 
 def _weight_grad_by_output_tiles(x, grad_y, flat_index, k, c_out):

@@ -119,10 +119,10 @@ def _backward_by_input_tiles(xs, grad_y, weights, k, reverse, extras, need_xs, n
 
     For an input tile of vertices u, ``H[u, (k, o)] = grad_y[o, v]`` for the vertex v that uses u in
     slot k (zero if none) is gathered once; then, for each input x_i, ``grad_x_i[:, tile] = W'_i @ H^T``
-    (written in x_i's layout) and ``grad_w_i += x_i[:, tile] @ H``,
-    where x_i's slice is read in place. Rows are only gathered, never scattered (``index_add_`` costs
-    2-3x more per row), and the inputs are neither transposed nor gathered again. The few slots used
-    by several vertices (``extras``) are added slot by slot.
+    (written in x_i's layout) and ``grad_w_i += x_i[:, tile] @ H``, where x_i's slice is read in place.
+    Rows are only gathered, never scattered (``index_add_`` costs 2-3x more per row), and the inputs
+    are neither transposed nor gathered again. The few slots used by several vertices (``extras``)
+    are added slot by slot.
 
     Returns:
         a list of (B, C_i, V_in) input gradients (None where not needed) and, if ``need_w``, a list of

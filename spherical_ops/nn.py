@@ -87,31 +87,34 @@ def _shared_transpose(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor
 
 @functools.lru_cache(maxsize=None)
 def _shared_bags(kind: str, level: int) -> torch.Tensor:
-    """The fixed averaging map of pooling or upsampling as bags: (V_out, K) int32, the vertices each
-    output averages."""
+    """A fixed averaging map (pooling, upsampling, the transposed convolution's) as bags: (V_out, K)
+    int32, the inputs each output averages."""
     with transient():
-        bags, _ = _bag_table(kind, level)
-        return torch.from_numpy(np.ascontiguousarray(bags, dtype=np.int32))
+        return torch.from_numpy(np.ascontiguousarray(_bag_table(kind, level), dtype=np.int32))
 
 
 @functools.lru_cache(maxsize=None)
 def _shared_matrix_t(kind: str, level: int) -> torch.Tensor:
     """The transposed averaging matrix (CSR) of :func:`_shared_bags`, for the backward pass."""
-    inputs = 7 * n_vertices(level) if kind == "upconv" else n_vertices(level)
-    return averaging_matrix_t(_shared_bags(kind, level).numpy(), inputs)
+    return averaging_matrix_t(_shared_bags(kind, level).numpy(), _bag_inputs(kind, level))
 
 
-def _bag_table(kind: str, level: int) -> tuple[np.ndarray, int]:
-    """(bags (V_out, K), V_in) for mean pooling from ``level``, upsampling or the transposed
-    convolution's averaging from ``level`` to ``level + 1``."""
+def _bag_table(kind: str, level: int) -> np.ndarray:
+    """Bags (V_out, K) for mean pooling from ``level``, upsampling or the transposed convolution's
+    averaging from ``level`` to ``level + 1``; they index :func:`_bag_inputs` inputs."""
     if kind == "pool_mean":
-        return topology.pooling_index(level), n_vertices(level)
+        return topology.pooling_index(level)
     if kind == "upsample":                          # coarse vertices keep their value, new ones average
         coarse = np.arange(n_vertices(level))
-        return np.concatenate([np.stack([coarse, coarse], 1), topology.upsampling_parents(level + 1)]), coarse.size
+        return np.concatenate([np.stack([coarse, coarse], 1), topology.upsampling_parents(level + 1)])
     if kind == "upconv":                            # (V_fine, 2) slots into the 7 * V_coarse slot outputs
-        return topology.upconv_slots(level + 1), 7 * n_vertices(level)
+        return topology.upconv_slots(level + 1)
     raise ValueError(f"unknown averaging map {kind!r}")
+
+
+def _bag_inputs(kind: str, level: int) -> int:
+    """The number of inputs the bags of :func:`_bag_table` index: vertices, or slot outputs for "upconv"."""
+    return 7 * n_vertices(level) if kind == "upconv" else n_vertices(level)
 
 
 class IcoConv(nn.Module):

@@ -138,8 +138,8 @@ def _backward_by_input_tiles(xs, grad_y, weights, k, reverse, extras, need_xs, n
     # Each input's gradient in that input's layout (autograd would otherwise copy a leaf's gradient
     # into it): rows for vertex-major inputs, channels-first otherwise.
     as_rows = [x.stride(1) == 1 for x in xs]
-    grad_xs = [None if not need else grad_y.new_empty(batch, n_in, x.shape[1]).transpose(1, 2) if rows
-               else grad_y.new_empty(batch, x.shape[1], n_in) for x, need, rows in zip(xs, need_xs, as_rows)]
+    grad_xs = [_empty_in_layout(grad_y, batch, x.shape[1], n_in, rows) if need else None
+               for x, need, rows in zip(xs, need_xs, as_rows)]
     grad_w_cols = [grad_y.new_zeros(x.shape[1], k * c_out) for x in xs] if need_w else None            # (C_i, K*O)
     tile = _tile_size(grad_y.device, n_in, k * c_out * grad_y.element_size())
     buf = grad_y.new_empty(tile * k * c_out)
@@ -174,6 +174,13 @@ def _backward_by_input_tiles(xs, grad_y, weights, k, reverse, extras, need_xs, n
                         grad_ws[i][:, :, slot].addmm_(g_extra.t(), x[b][:, u].t())
             start += count
     return grad_xs, grad_ws
+
+
+def _empty_in_layout(like: torch.Tensor, batch: int, channels: int, n: int, rows: bool) -> torch.Tensor:
+    """An uninitialised (B, C, V) tensor: a view of vertex-major memory if ``rows``, else channels-first."""
+    if rows:
+        return like.new_empty(batch, n, channels).transpose(1, 2)
+    return like.new_empty(batch, channels, n)
 
 
 def _weight_grad_by_output_tiles(x, grad_y, flat_index, k, c_out):

@@ -9,6 +9,7 @@ from spherical_ops.mesh import (
     MAX_LEVEL,
     VERTEX_COUNTS,
     IcoSphere,
+    Surface,
     icosphere,
     level_of,
     n_faces,
@@ -19,7 +20,7 @@ from spherical_ops.mesh import (
 _LAYERS = ("IcoConv", "IcoPool", "IcoUNet", "IcoUpConv", "IcoUpsample", "GroupNormLeakyReLU")
 
 __all__ = [
-    "MAX_LEVEL", "VERTEX_COUNTS", "IcoSphere", "icosphere", "level_of", "n_faces", "n_vertices",
+    "MAX_LEVEL", "VERTEX_COUNTS", "IcoSphere", "Surface", "icosphere", "level_of", "n_faces", "n_vertices",
     "upsample_parents", "topology", *_LAYERS,
 ]
 

@@ -23,7 +23,7 @@ free of a scale factor.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -79,26 +79,47 @@ def check_level(level, *, max_level: int = MAX_LEVEL) -> int:
 
 
 @dataclass(frozen=True, eq=False)
-class IcoSphere:
-    """An icosahedral sphere mesh (immutable: its arrays are read-only).
+class Surface:
+    """A triangle mesh: the one mesh type of :mod:`spherical_ops` and :mod:`surfharm`.
+
+    FreeSurfer and GIfTI surfaces, subjects' spheres, the meshes figures are drawn on, and (as the
+    subclass :class:`IcoSphere`) the icosahedral spheres.
 
     Attributes:
-        vertices: (V, 3) float64, unit vectors, FreeSurfer order; ``V = 10 * 4**level + 2``.
-        faces: (F, 3) int64, outward (counter-clockwise seen from outside); ``F = 20 * 4**level``.
-        level: subdivision level, 0..7.
+        vertices: (V, 3) float64 coordinates (mm for white/pial; radius 100 for FreeSurfer spheres,
+            1 for icospheres).
+        faces: (F, 3) int64 vertex indices, 0-based.
+        source: where it comes from (a file path, or a description for messages), or None.
     """
 
     vertices: np.ndarray
     faces: np.ndarray
-    level: int
+    source: str | None = None
 
     @property
     def n_vertices(self) -> int:
-        return self.vertices.shape[0]
+        return int(self.vertices.shape[0])
 
     @property
     def n_faces(self) -> int:
-        return self.faces.shape[0]
+        return int(self.faces.shape[0])
+
+    def __repr__(self) -> str:
+        src = f", source={self.source!r}" if self.source else ""
+        return f"{type(self).__name__}(n_vertices={self.n_vertices}, n_faces={self.n_faces}{src})"
+
+
+@dataclass(frozen=True, eq=False)
+class IcoSphere(Surface):
+    """An icosahedral sphere mesh (immutable: its arrays are read-only), a :class:`Surface` with a level.
+
+    Attributes:
+        vertices: (V, 3) float64, unit vectors, FreeSurfer order; ``V = 10 * 4**level + 2``.
+        faces: (F, 3) int64, outward (counter-clockwise seen from outside); ``F = 20 * 4**level``.
+        level: subdivision level, 0..7 (keyword-only).
+    """
+
+    level: int = field(kw_only=True)
 
     def __repr__(self) -> str:
         return f"IcoSphere(level={self.level}, n_vertices={self.n_vertices}, n_faces={self.n_faces})"
@@ -155,7 +176,7 @@ def _build(level: int) -> tuple[IcoSphere, np.ndarray]:
         vertices, faces, parents = _subdivide(coarse.vertices, coarse.faces)
     for arr in (vertices, faces, parents):
         arr.setflags(write=False)
-    return IcoSphere(vertices=vertices, faces=faces, level=level), parents
+    return IcoSphere(vertices=vertices, faces=faces, source=f"icosphere level {level}", level=level), parents
 
 
 def icosphere(level: int) -> IcoSphere:

@@ -70,7 +70,7 @@ def topology_level(n: int) -> int:
 # The meshes and numpy tables they are made from are needed only meanwhile: computed inside
 # ``transient()``, they are not kept in the caches of ``mesh`` and ``topology`` (~45 MB at level 7).
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_index(kind: str, level: int) -> torch.Tensor:
     tables = {"ring1": topology.neighbors_1ring, "ring2": topology.neighbors_2ring,
               "pool": topology.pooling_index}
@@ -78,14 +78,14 @@ def _shared_index(kind: str, level: int) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(tables[kind](level), dtype=np.int32))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_transpose(kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(reverse, extras) of :func:`~spherical_ops.functional.transpose_table` for a ring table."""
     reverse, extras = transpose_table(_shared_index(kind, level).numpy(), n_vertices(level))
     return torch.from_numpy(reverse), torch.from_numpy(extras)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_bags(kind: str, level: int) -> torch.Tensor:
     """A fixed averaging map (pooling, upsampling, the transposed convolution's) as bags: (V_out, K)
     int32, the inputs each output averages."""
@@ -93,7 +93,7 @@ def _shared_bags(kind: str, level: int) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(_bag_table(kind, level), dtype=np.int32))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_matrix_t(kind: str, level: int) -> torch.Tensor:
     """The transposed averaging matrix (CSR) of :func:`_shared_bags`, for the backward pass."""
     return averaging_matrix_t(_shared_bags(kind, level).numpy(), _bag_inputs(kind, level))

@@ -1,4 +1,7 @@
-"""Desikan-Killiany (DK) ROI summaries of icosahedral maps.
+"""The Desikan-Killiany (DK) atlas at any icosahedral level: region labels and the fsaverage cortex mask.
+
+Used by the simulator (the cortex of simulated maps) and by :mod:`surfharm.evaluate.rois` (ROI
+summaries); it depends on :mod:`spherical_ops` and the package data only.
 
 The DK label of every fsaverage5 vertex ships with surfharm (``surfharm/data/aparc_fsa5.csv``, from
 the ENIGMA TOOLBOX, BSD-3; see ``aparc_fsa5.README.md`` next to it). fsaverage5 is icosahedral level 5
@@ -15,9 +18,13 @@ import functools
 from importlib import resources
 
 import numpy as np
-import pandas as pd
 
-from spherical_ops import level_of, n_vertices, upsample_parents
+from spherical_ops import n_vertices, upsample_parents
+from spherical_ops.mesh import Surface
+from surfharm.hemispheres import LONG_NAMES, hemi_name
+
+#: fsaverage5 surfaces nilearn ships, by the names surfharm accepts.
+FSAVERAGE5_SURFACES = {"pial": "pial", "white": "white", "inflated": "infl", "infl": "infl", "sphere": "sphere"}
 
 #: The 34 DK regions of one hemisphere, in ENIGMA / FreeSurfer ``aparc.stats`` column order.
 DK_REGIONS = (
@@ -33,16 +40,11 @@ DK_REGIONS = (
 # Label values of the 34 regions in aparc_fsa5.csv (the corpus callosum, 4 / 39, and 0 are skipped).
 _LEFT_CODES = np.array([1, 2, 3, *range(5, 36)])
 _RIGHT_CODES = np.array([36, 37, 38, *range(40, 71)])
-_HEMIS = {"left": ("lh", _LEFT_CODES, 0), "right": ("rh", _RIGHT_CODES, 1)}
+# Per hemisphere: the label values of its regions and its half of aparc_fsa5.csv.
+_HEMIS = {"lh": (_LEFT_CODES, 0), "rh": (_RIGHT_CODES, 1)}
 
 
-def _check_hemi(hemi: str) -> tuple[str, np.ndarray, int]:
-    if hemi not in _HEMIS:
-        raise ValueError(f"hemi must be 'left' or 'right', got {hemi!r}")
-    return _HEMIS[hemi]
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fsaverage5_codes() -> np.ndarray:
     text = resources.files("surfharm").joinpath("data/aparc_fsa5.csv").read_text()
     codes = np.array(text.split(), dtype=np.int64)
@@ -51,9 +53,9 @@ def _fsaverage5_codes() -> np.ndarray:
     return codes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dk_labels(hemi: str, level: int) -> np.ndarray:
-    _, codes_of_regions, half = _check_hemi(hemi)
+    codes_of_regions, half = _HEMIS[hemi]
     if level <= 5:
         v5 = n_vertices(5)
         codes = _fsaverage5_codes()[half * v5: half * v5 + n_vertices(level)]
@@ -67,46 +69,44 @@ def _dk_labels(hemi: str, level: int) -> np.ndarray:
     return labels
 
 
-def dk_labels(hemi: str = "left", level: int = 5) -> np.ndarray:
-    """DK region index of every vertex of the level-``level`` icosphere.
+def dk_labels(hemi: str = "lh", level: int = 5) -> np.ndarray:
+    """DK region index of every vertex of the level-``level`` icosphere of hemisphere ``hemi``
+    (``"lh"``/``"rh"``; ``"left"``/``"right"`` accepted).
 
     Returns:
         (V,) int64, values 0..33 (index into :data:`DK_REGIONS`) and -1 outside cortex (medial
         wall, corpus callosum). Read-only.
     """
-    return _dk_labels(hemi, int(level))
+    return _dk_labels(hemi_name(hemi), int(level))
 
 
-def cortex_mask(hemi: str = "left", level: int = 5) -> np.ndarray:
-    """(V,) bool: True on the 34 DK regions, False on the medial wall and corpus callosum."""
+def fsaverage_cortex_mask(hemi: str = "lh", level: int = 5) -> np.ndarray:
+    """The cortex of fsaverage's hemisphere ``hemi`` at icosahedral ``level``.
+
+    Returns:
+        (V,) bool: True on the 34 DK regions, False on the medial wall and corpus callosum.
+    """
     return dk_labels(hemi, level) >= 0
 
 
-def roi_means(maps, hemi: str = "left", *, prefix: str | None = None) -> pd.DataFrame:
-    """Mean of each DK region, per scan (NaN vertices ignored).
+@functools.lru_cache(maxsize=16)
+def fsaverage5_surface(surface: str = "pial", hemi: str = "lh") -> Surface:
+    """nilearn's fsaverage5 mesh of one hemisphere (10242 vertices, coordinates in mm, read-only).
 
-    Args:
-        maps: (n_scans, V) array of icosahedral maps (V = 10 * 4**k + 2) in FreeSurfer order.
-        hemi: ``"left"`` or ``"right"``.
-        prefix: column prefix; default ``"lh_"`` / ``"rh_"``, giving FreeSurfer-style names such as
-            ``lh_bankssts``.
-
-    Returns:
-        DataFrame (n_scans, 34), one column per region of :data:`DK_REGIONS`.
+    ``surface``: pial, white, inflated or sphere. Raises ValueError naming the accepted names.
     """
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 2:
-        raise ValueError(f"maps must be 2-D (n_scans, n_vertices), got shape {maps.shape}")
-    short, _, _ = _check_hemi(hemi)
-    labels = dk_labels(hemi, level_of(maps.shape[1], what="maps"))
-    # One sparse-free pass: (scans, vertices) x (vertices, regions) one-hot, NaN-aware.
-    onehot = np.zeros((labels.shape[0], len(DK_REGIONS)))
-    inside = labels >= 0
-    onehot[np.nonzero(inside)[0], labels[inside]] = 1.0
-    valid = np.isfinite(maps)
-    sums = np.where(valid, maps, 0.0) @ onehot
-    counts = valid.astype(np.float64) @ onehot
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    prefix = f"{short}_" if prefix is None else prefix
-    return pd.DataFrame(means, columns=[f"{prefix}{name}" for name in DK_REGIONS])
+    import nibabel as nib
+    from nilearn import datasets
+
+    key = FSAVERAGE5_SURFACES.get(str(surface).lower())
+    if key is None:
+        raise ValueError(f"unknown fsaverage5 surface {surface!r}; "
+                         f"expected one of {', '.join(sorted(FSAVERAGE5_SURFACES))}")
+    side = hemi_name(hemi)
+    path = datasets.fetch_surf_fsaverage("fsaverage5")[f"{key}_{LONG_NAMES[side]}"]
+    gii = nib.load(path)
+    vertices = np.asarray(gii.agg_data("NIFTI_INTENT_POINTSET"), dtype=np.float64)
+    faces = np.asarray(gii.agg_data("NIFTI_INTENT_TRIANGLE"), dtype=np.int64)
+    vertices.setflags(write=False)
+    faces.setflags(write=False)
+    return Surface(vertices, faces, f"fsaverage5 {key} {side}")

@@ -11,24 +11,27 @@ A :class:`Cohort` holds
 It is what harmonizers, metrics and renderings consume (``cohort.maps``, ``cohort.sites``,
 ``cohort.covariates([...])``) and what writers write back (:meth:`Cohort.write`).
 
-Constructors read the usual inputs: a FreeSurfer ``SUBJECTS_DIR`` plus a participants table
-(:meth:`from_subjects_dir`), a stacked MGH plus an FSGD (:meth:`from_stacked_mgh`), per-scan
-GIfTI/MGH/curv files plus a table (:meth:`from_files`) and ROI tables (:meth:`from_roi_table`). Each
-fills one preallocated (n_scans, V) array, in memory or memory-mapped (``out=``), scan by scan: the
-data is never held twice.
+This module holds the container and the checks of its table and maps (:func:`validate_table`,
+:func:`check_covariates`, :meth:`Cohort.check_values`), which need no map and run before any is read.
+Reading and writing live beside it: the constructors (a FreeSurfer ``SUBJECTS_DIR`` plus a
+participants table, :meth:`Cohort.from_subjects_dir`; a stacked MGH plus an FSGD, :meth:`Cohort.from_stacked_mgh`;
+per-scan GIfTI/MGH/curv files plus a table, :meth:`Cohort.from_files`; ROI tables, :meth:`Cohort.from_roi_table`)
+call :mod:`surfharm.readers`, and :meth:`Cohort.write` calls :mod:`surfharm.writers`. Readers fill
+one preallocated (n_scans, V) array, in memory or memory-mapped (``out=``), scan by scan: the data is
+never held twice.
 """
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from spherical_ops import VERTEX_COUNTS, level_of, n_vertices
-from surfharm import io as sio
-from surfharm.io.errors import InputFileError, InputTableError
+from spherical_ops import VERTEX_COUNTS, n_vertices
+from surfharm.errors import SurfharmError
+from surfharm.io import plausibility
+from surfharm.io.errors import InputValueError
 
 #: Table columns that identify a scan or its site (never covariates).
 ID_COLUMNS = ("subject", "session", "site")
@@ -37,7 +40,7 @@ NUMERIC_COVARIATES = ("age",)
 _FSAVERAGE_NAMES = {7: "fsaverage", 6: "fsaverage6", 5: "fsaverage5", 4: "fsaverage4", 3: "fsaverage3"}
 
 
-class CohortError(ValueError):
+class CohortError(SurfharmError, ValueError):
     """Maps and table that do not form a valid cohort; the message names the value at fault."""
 
 
@@ -77,7 +80,7 @@ class Cohort:
             raise CohortError(f"sources has {len(sources)} rows for {self.maps.shape[0]} scans")
         self.sources = None if sources is None else sources.reset_index(drop=True)
         if validate_values:
-            _check_finite_or_nan(self.maps)
+            _check_finite_or_nan(self.maps, self.scan_labels)
 
     # -- shape and identity ----------------------------------------------------------------------
     @property
@@ -115,6 +118,53 @@ class Cohort:
             return [str(s) for s in self.table["subject"]]
         return [f"{s}_{t}" if isinstance(t, str) and t else str(s)
                 for s, t in zip(self.table["subject"], self.table["session"])]
+
+    def scan_labels(self, index=None) -> list[str] | str:
+        """How errors name scans: ``subject[_session]`` and the file the map came from (the frame of a
+        stacked file). ``index``: one scan (returns a str), else every scan (a list)."""
+        if index is not None:
+            return self._scan_label(int(index))
+        return [self._scan_label(i) for i in range(self.n_scans)]
+
+    def _scan_label(self, i: int) -> str:
+        name = self.scan_ids[i] if "session" in self.table.columns else str(self.table["subject"].iloc[i])
+        if self.sources is None or pd.isna(self.sources["map"].iloc[i]):
+            return name
+        path = str(self.sources["map"].iloc[i])
+        stacked = (self.sources["map"] == path).sum() > 1
+        return f"{name} ({'frame ' + str(i) + ' of ' if stacked else ''}{path})"
+
+    def check_values(self, value_range=None, *, allow_implausible: bool = False):
+        """Refuse maps whose values cannot be right; returns the plausible range used (or None).
+
+        Every scan must hold at least one value (an all-NaN scan is an empty map: wrong file, wrong
+        cortex label), and, for measures that cannot be negative (:mod:`surfharm.io.plausibility`:
+        thickness in [0, 10] mm, area and volume >= 0), every value must lie in the measure's range.
+        ``value_range``: ``(low, high)`` instead of the measure's default; ``allow_implausible``:
+        skip the range check (measures that may be negative). Reads the maps in chunks of scans.
+
+        Raises InputValueError naming the scans (subject and file) and how many values are out of range.
+        """
+        empty = plausibility.empty_rows(self.maps)
+        if empty.size:
+            names = [self.scan_labels(i) for i in empty[:5]]
+            more = f" and {empty.size - 5} more" if empty.size > 5 else ""
+            raise InputValueError(
+                f"{empty.size} scan(s) hold no value at all (every vertex NaN): {', '.join(names)}{more}; "
+                "expected a map with values on cortex (check the file, its cortex label and its subject "
+                "folder), or leave the scan out of the table")
+        checked = plausibility.resolve_range(self.measure, value_range, allow_implausible=allow_implausible)
+        if checked is None:
+            return None
+        found = plausibility.count_outside(self.maps, checked)
+        if found.total:
+            raise InputValueError(
+                plausibility.describe(self.measure, checked, found, self.scan_labels) + "\n"
+                f"expected {self.measure or 'values'} in {checked}: a negative or sign-flipped map is a broken input "
+                "and would move the results of every other scan; fix or leave out these scans, or, for a measure "
+                "that may leave this range, pass --value-range LO HI (value_range=(lo, hi)) or --allow-implausible "
+                "(allow_implausible=True)")
+        return checked
 
     def covariates(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The covariate columns (default: every column except subject, session and site).
@@ -184,7 +234,8 @@ class Cohort:
     def to_level(self, level: int) -> "Cohort":
         """Vertex maps cut to a lower icosahedral level by nesting (first V(level) columns, a view)."""
         if self.level is None:
-            raise CohortError(f"cohort maps ({self.n_vertices} columns) are not icosahedral; cannot cut to level {level}")
+            raise CohortError(f"cohort maps ({self.n_vertices} columns) are not icosahedral; "
+                              f"cannot cut to level {level}")
         if level > self.level:
             raise CohortError(f"cohort is at level {self.level}; nesting only cuts down (asked for level {level}); "
                               "use surfharm.resample.upsample_ico to go up")
@@ -194,242 +245,62 @@ class Cohort:
         return Cohort(maps, table.reset_index(drop=True), hemi=self.hemi, measure=self.measure,
                       feature_names=self.feature_names, sources=sources, validate_values=False)
 
-    # -- constructors ------------------------------------------------------------------------------
+    # -- constructors (the readers are in surfharm.readers) ---------------------------------------------
     @classmethod
     def from_files(cls, paths, table, *, level: int | None = None, spheres=None, cortex=None,
                    hemi: str | None = None, measure: str | None = None, out=None,
                    path_column: str = "path", n_jobs: int = 1, progress: bool = False) -> "Cohort":
-        """Build a cohort from one map file per scan (MGH/MGZ, GIfTI, curv) and a participants table.
+        """A cohort from one map file per scan (MGH/MGZ, GIfTI, curv) and a participants table
+        (:func:`surfharm.readers.read_files`: arguments and errors)."""
+        from surfharm.readers import read_files
 
-        Args:
-            paths: one file per row of ``table``; or None to take them from ``table[path_column]``
-                (relative paths are relative to the table file's folder).
-            table: DataFrame or CSV/TSV path (subject, site, ...).
-            level: icosahedral level wanted; maps on a higher level are cut by nesting; native maps
-                need ``spheres``. None keeps the maps as they are (all must have the same length).
-            spheres: one ``?h.sphere.reg`` per scan (or a single sphere shared by all) for maps in
-                native space; each scan is resampled to ``level`` (default 7).
-            cortex: (V,) bool mask, an annotation/label path, or one per scan; values outside are NaN.
-            out: a ``.npy`` path to hold the maps as a memory-map (large cohorts), or None (in memory).
-            n_jobs: scans read and resampled in parallel threads.
-            progress: show a progress bar.
-        """
-        table = _read_participants(table)
-        base = Path(table.attrs.get("source", ".")).parent
-        if paths is None:
-            if path_column not in table.columns:
-                raise InputTableError(f"no file paths given and the table has no {path_column!r} column")
-            paths = [p if Path(p).is_absolute() else base / p for p in table[path_column]]
-        paths = [Path(p) for p in paths]
-        if len(paths) != len(table):
-            raise CohortError(f"{len(paths)} files for {len(table)} table rows; expected one file per scan")
-        hemi = sio.check_same_hemi(*paths, *(_as_list(spheres, len(paths)) if spheres is not None else [])) or hemi
-        sphere_list = _as_list(spheres, len(paths)) if spheres is not None else [None] * len(paths)
-        cortex_list = _as_list(cortex, len(paths)) if cortex is not None and not isinstance(cortex, np.ndarray) \
-            else [cortex] * len(paths)
-        loader = _MapLoader(level=level)
-
-        def read(i):
-            return loader.load(paths[i], sphere_list[i], cortex_list[i])
-
-        maps = _fill(len(paths), read, out=out, n_jobs=n_jobs, progress=progress)
-        sources = pd.DataFrame({"map": [str(p) for p in paths],
-                                "sphere": [None if s is None else str(s) for s in sphere_list]})
-        return cls(maps, table, hemi=hemi, measure=measure, sources=sources)
+        return read_files(paths, table, level=level, spheres=spheres, cortex=cortex, hemi=hemi, measure=measure,
+                          out=out, path_column=path_column, n_jobs=n_jobs, progress=progress)
 
     @classmethod
     def from_subjects_dir(cls, subjects_dir, participants, hemi: str = "lh", measure: str = "thickness", *,
                           level: int = 7, fwhm: int | None = None, cortex: bool = True,
                           dir_pattern: str | None = None, out=None, n_jobs: int = 1,
                           progress: bool = False) -> "Cohort":
-        """Build a cohort from a FreeSurfer ``SUBJECTS_DIR`` and a participants table.
+        """A cohort from a FreeSurfer ``SUBJECTS_DIR`` and a participants table: native maps resampled
+        to ``level``, or the qcache maps of ``fwhm`` (:func:`surfharm.readers.read_subjects_dir`)."""
+        from surfharm.readers import read_subjects_dir
 
-        For each row the subject folder is ``dir_pattern.format(subject=..., session=...)`` (default
-        ``{subject}``, or ``{subject}_{session}`` when the table has a session column).
-
-        * ``fwhm=None``: reads ``surf/<hemi>.<measure>`` and ``surf/<hemi>.sphere.reg`` and resamples to
-          icosahedral ``level`` by barycentric interpolation (vertices outside ``label/<hemi>.cortex.label``
-          are NaN when ``cortex`` is True and the label exists).
-        * ``fwhm=N``: reads the qcache output ``surf/<hemi>.<measure>.fwhmN.fsaverage.mgh`` (or ``.mgz``),
-          already on fsaverage, cut to ``level`` by nesting.
-
-        ``out``: a ``.npy`` path for memory-mapped maps (large cohorts); ``n_jobs``: subjects processed
-        in parallel threads; ``progress``: show a progress bar.
-
-        Raises InputFileError naming the subject and the file that is missing.
-        """
-        subjects_dir = Path(subjects_dir)
-        if not subjects_dir.is_dir():
-            raise InputFileError(f"SUBJECTS_DIR {subjects_dir} is not a folder")
-        if hemi not in ("lh", "rh"):
-            raise CohortError(f"hemi must be 'lh' or 'rh', got {hemi!r}")
-        table = _read_participants(participants)
-        if dir_pattern is None:
-            dir_pattern = "{subject}_{session}" if "session" in table.columns else "{subject}"
-        rows = table.to_dict("records")
-        folders = [subjects_dir / dir_pattern.format(**{k: v for k, v in r.items() if isinstance(k, str)}) for r in rows]
-        missing = [str(f) for f in folders if not f.is_dir()]
-        if missing:
-            raise InputFileError(f"{len(missing)} subject folder(s) of the participants table are missing from "
-                                 f"{subjects_dir}, e.g. {missing[:3]}")
-        if fwhm is not None:
-            maps_paths, sphere_paths, cortex_paths = [], [None] * len(folders), [None] * len(folders)
-            for f in folders:
-                candidates = [f / "surf" / f"{hemi}.{measure}.fwhm{fwhm}.fsaverage.{ext}" for ext in ("mgh", "mgz")]
-                found = [c for c in candidates if c.exists()]
-                if not found:
-                    raise InputFileError(f"{candidates[0]} (or .mgz) does not exist; run recon-all -qcache, "
-                                         "or pass fwhm=None to resample the native map")
-                maps_paths.append(found[0])
-        else:
-            maps_paths = [f / "surf" / f"{hemi}.{measure}" for f in folders]
-            sphere_paths = [f / "surf" / f"{hemi}.sphere.reg" for f in folders]
-            cortex_paths = [(f / "label" / f"{hemi}.cortex.label") if cortex and (f / "label" / f"{hemi}.cortex.label").exists()
-                            else None for f in folders]
-            for p in (*maps_paths, *sphere_paths):
-                if not p.exists():
-                    raise InputFileError(f"{p} does not exist (needed for subject folder {p.parent.parent.name})")
-        loader = _MapLoader(level=level)
-        maps = _fill(len(folders), lambda i: loader.load(maps_paths[i], sphere_paths[i], cortex_paths[i]),
-                     out=out, n_jobs=n_jobs, progress=progress)
-        sources = pd.DataFrame({"map": [str(p) for p in maps_paths],
-                                "sphere": [None if s is None else str(s) for s in sphere_paths]})
-        return cls(maps, table, hemi=hemi, measure=measure, sources=sources)
+        return read_subjects_dir(subjects_dir, participants, hemi, measure, level=level, fwhm=fwhm, cortex=cortex,
+                                 dir_pattern=dir_pattern, out=out, n_jobs=n_jobs, progress=progress)
 
     @classmethod
     def from_stacked_mgh(cls, mgh, fsgd, *, site_column: str | None = None, participants=None, cortex=None,
                          hemi: str | None = None, measure: str | None = None, out=None,
                          chunk_frames: int = 64) -> "Cohort":
-        """Build a cohort from a stacked MGH/MGZ (one frame per subject, ``mris_preproc``) and its FSGD.
+        """A cohort from a stacked MGH/MGZ (one frame per subject, ``mris_preproc``) and its FSGD,
+        streamed ``chunk_frames`` frames at a time (:func:`surfharm.readers.read_stacked_mgh`)."""
+        from surfharm.readers import read_stacked_mgh
 
-        Frame ``i`` is the subject of the i-th ``Input`` line of the FSGD. ``participants`` (optional
-        table with ``subject``) is joined by subject to add covariates. The site of each scan is the
-        column ``site_column``; by default the participants' ``site`` column when there is one, else
-        the FSGD class. ``cortex``: (V,) bool mask or an annot / label path; vertices outside are set to
-        NaN. Frames are streamed into ``out`` (a ``.npy`` memmap) or one in-memory array.
-        """
-        sio.check_same_hemi(mgh, *([cortex] if isinstance(cortex, (str, os.PathLike)) else []))
-        table, _ = sio.read_fsgd(fsgd)
-        if participants is not None:
-            table = sio.join_covariates(table, _read_participants(participants), on=("subject",),
-                                        source=str(fsgd), covariates_source=str(participants))
-        if site_column is None:
-            site_column = "site" if "site" in table.columns else "class"
-        if site_column not in table.columns:
-            raise InputTableError(f"site column {site_column!r} is neither the FSGD class nor a participants column")
-        if site_column != "site":
-            table = table.drop(columns=["site"], errors="ignore").rename(columns={site_column: "site"})
-        n_frames, n_vert = sio.mgh_shape(mgh)
-        if n_frames != len(table):
-            raise InputFileError(f"{mgh} has {n_frames} frames but {fsgd} lists {len(table)} subjects; "
-                                 "expected one frame per FSGD Input line")
-        mask = _cortex_mask(cortex, n_vert)
-        maps = _allocate((n_frames, n_vert), out)
-        for start, block in sio.iter_mgh_frames(mgh, chunk_frames=chunk_frames):
-            block = block.astype(np.float32, copy=False)
-            if mask is not None:
-                block[:, ~mask] = np.nan
-            maps[start:start + block.shape[0]] = block
-        hemi = hemi or sio.hemi_of(mgh)
-        sources = pd.DataFrame({"map": [str(mgh)] * n_frames, "sphere": [None] * n_frames})
-        return cls(maps, table, hemi=hemi, measure=measure, sources=sources)
+        return read_stacked_mgh(mgh, fsgd, site_column=site_column, participants=participants, cortex=cortex,
+                                hemi=hemi, measure=measure, out=out, chunk_frames=chunk_frames)
 
     @classmethod
     def from_roi_table(cls, table_path, covariates_path=None, *, id_column: str | None = None,
                        features=None, site_column: str = "site", measure: str | None = None) -> "Cohort":
-        """Build an ROI cohort from an ``aparcstats2table``/``asegstats2table`` TSV or a CSV.
+        """An ROI cohort from an ``aparcstats2table``/``asegstats2table`` TSV or a CSV, with an optional
+        covariate table joined by subject (:func:`surfharm.readers.read_roi_table`)."""
+        from surfharm.readers import read_roi_table
 
-        ``covariates_path``: a table joined by subject (and session) that brings site, age, sex...
-        The maps are (n_scans, n_rois) float32 and ``feature_names`` lists the ROI columns.
-        """
-        table, features = sio.read_roi_table(table_path, covariates=covariates_path, id_column=id_column,
-                                             features=features)
-        if site_column != "site":
-            if site_column not in table.columns:
-                raise InputTableError(f"{table_path}: no site column {site_column!r}")
-            table = table.rename(columns={site_column: "site"})
-        maps = table[features].to_numpy(dtype=np.float32)
-        rest = table.drop(columns=features)
-        hemi = sio.hemi_of(table_path) if Path(str(table_path)).exists() else None
-        return cls(maps, rest, feature_names=features, measure=measure, hemi=hemi)
+        return read_roi_table(table_path, covariates_path, id_column=id_column, features=features,
+                              site_column=site_column, measure=measure)
 
-    # -- writing -----------------------------------------------------------------------------------
+    # -- writing (surfharm.writers) ------------------------------------------------------------------
     def write(self, dest, *, format: str = "mgz", layout: str = "flat", suffix: str = "harmonized",
               space: str = "ico", fsgd=None, fill_value: float | None = None,
               overwrite: bool = False) -> list[Path]:
-        """Write the maps next to the input conventions; never over an input, atomically.
+        """Write the maps next to the input conventions; never over an input, atomically: per-scan
+        files in a folder, one stacked ``.mgh``/``.mgz`` (and ``fsgd``), or a ``.csv``/``.tsv`` for ROI
+        cohorts (:func:`surfharm.writers.write_cohort`: arguments). Returns the paths written."""
+        from surfharm.writers import write_cohort
 
-        Args:
-            dest: a folder (one file per scan), or a ``.mgh``/``.mgz`` file (one stacked MGH, frame i =
-                scan i, as ``mris_preproc`` writes; pass ``fsgd`` to write the matching FSGD too), or a
-                ``.csv``/``.tsv`` file for ROI cohorts (table + ROI columns).
-            format: per-scan file format: 'mgz', 'mgh', 'gii' or 'curv'.
-            layout: 'flat' (``dest/<scan>.<hemi>.<measure>.<suffix>.<space>.mgz``) or 'freesurfer'
-                (``dest/<scan>/surf/<hemi>.<measure>.<suffix>.<space>.mgz``, qcache-style names).
-            space: 'ico' writes the icosahedral maps; 'native' resamples each scan back onto its own
-                ``sphere.reg`` (cohorts built from native maps) and writes curv files by default.
-            fill_value: written instead of NaN (e.g. 0, FreeSurfer's value outside cortex); None keeps NaN.
-            overwrite: replace existing output files (inputs are never replaced).
-
-        Returns:
-            The paths written (per-scan files; then the table written beside them).
-        """
-        dest = Path(dest)
-        inputs = [] if self.sources is None else [p for p in self.sources["map"].dropna()]
-        name = dest.name.lower()
-        if self.feature_names is not None or name.endswith((".csv", ".tsv")):
-            return [self._write_roi_table(dest, inputs, overwrite)]
-        if name.endswith((".mgh", ".mgz")):
-            maps = self.maps if fill_value is None else np.where(np.isnan(self.maps), np.float32(fill_value), self.maps)
-            paths = [sio.write_mgh(dest, maps, inputs=inputs, overwrite=overwrite)]
-            if fsgd is not None:
-                variables = [c for c in self.covariates().columns if pd.api.types.is_numeric_dtype(self.table[c])]
-                fs_table = self.table.assign(subject=self.scan_ids)
-                paths.append(sio.write_fsgd(fsgd, fs_table, class_column="site", variables=variables,
-                                            inputs=inputs, overwrite=overwrite))
-            return paths
-        if format not in ("mgz", "mgh", "gii", "curv"):
-            raise CohortError(f"format must be 'mgz', 'mgh', 'gii' or 'curv', got {format!r}")
-        if layout not in ("flat", "freesurfer"):
-            raise CohortError(f"layout must be 'flat' or 'freesurfer', got {layout!r}")
-        if space not in ("ico", "native"):
-            raise CohortError(f"space must be 'ico' or 'native', got {space!r}")
-        if space == "native":
-            if self.sources is None or self.sources["sphere"].isna().any():
-                raise CohortError("space='native' needs each scan's sphere.reg; this cohort was not built from native maps")
-        dest.mkdir(parents=True, exist_ok=True)
-        written = []
-        for i, scan in enumerate(self.scan_ids):
-            values = np.asarray(self.maps[i])
-            space_name = _FSAVERAGE_NAMES.get(self.level, f"ic{self.level}") if self.level is not None else None
-            if space == "native":
-                values = _to_native(values, self.sources["sphere"].iloc[i])
-                space_name = None
-            if fill_value is not None:
-                values = np.where(np.isnan(values), np.float32(fill_value), values)
-            parts = [p for p in (self.hemi, self.measure, suffix, space_name) if p]
-            ext = {"mgz": ".mgz", "mgh": ".mgh", "gii": ".shape.gii", "curv": ""}[format]
-            if layout == "flat":
-                path = dest / (".".join([scan, *parts]) + ext)
-            else:
-                (dest / scan / "surf").mkdir(parents=True, exist_ok=True)
-                path = dest / scan / "surf" / (".".join(parts) + ext)
-            written.append(sio.write_map(path, values, hemi=self.hemi, inputs=inputs, overwrite=overwrite))
-        table = self.table.assign(path=[str(p.relative_to(dest)) for p in written])
-        from surfharm._atomic import write_text_atomic
-
-        written.append(write_text_atomic(dest / "cohort.tsv", table.to_csv(sep="\t", index=False),
-                                         inputs=inputs, overwrite=overwrite))
-        return written
-
-    def _write_roi_table(self, dest: Path, inputs, overwrite) -> Path:
-        from surfharm._atomic import write_text_atomic
-
-        if self.feature_names is None:
-            raise CohortError(f"{dest}: a CSV/TSV output holds ROI data; this cohort holds vertex maps")
-        frame = pd.concat([self.table, pd.DataFrame(np.asarray(self.maps), columns=self.feature_names)], axis=1)
-        sep = "\t" if dest.name.lower().endswith(".tsv") else ","
-        return write_text_atomic(dest, frame.to_csv(sep=sep, index=False), inputs=inputs, overwrite=overwrite)
+        return write_cohort(self, dest, format=format, layout=layout, suffix=suffix, space=space, fsgd=fsgd,
+                            fill_value=fill_value, overwrite=overwrite)
 
 
 # -- validation and loading -----------------------------------------------------------------------------------------
@@ -451,13 +322,25 @@ def _check_maps(maps) -> np.ndarray:
     return arr
 
 
-def _check_finite_or_nan(maps: np.ndarray, chunk: int = 64) -> None:
+def _check_finite_or_nan(maps: np.ndarray, name_of=None, chunk: int = 64) -> None:
+    """Refuse inf, and scans without any value (all NaN); ``name_of(i)`` names scan i (subject, file)."""
+    empty = []
     for start in range(0, maps.shape[0], chunk):
         block = np.asarray(maps[start:start + chunk])
         if np.isinf(block).any():
             rows, cols = np.nonzero(np.isinf(block))
-            raise CohortError(f"maps hold inf at scan {start + rows[0]}, vertex {cols[0]} ({len(rows)} values in "
-                              "this chunk); use NaN for missing values")
+            first = rows == rows[0]
+            where = f": {name_of(start + rows[0])}" if name_of is not None else ""
+            raise CohortError(f"maps hold inf at scan {start + rows[0]}, vertex {cols[0]}{where} "
+                              f"({int(first.sum())} inf value(s) in that scan); use NaN for missing values")
+        empty += (start + np.flatnonzero(np.isnan(block).all(axis=1))).tolist()
+    if empty:
+        names = [name_of(i) if name_of is not None else f"scan {i}" for i in empty[:5]]
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise InputValueError(
+            f"{len(empty)} scan(s) hold no value at all (every vertex NaN): {', '.join(names)}{more}; expected a "
+            "map with values on cortex (check the file, its cortex label and its subject folder), or leave the "
+            "scan out of the table")
 
 
 def _check_table(table, n_scans: int) -> pd.DataFrame:
@@ -499,123 +382,59 @@ def _check_table(table, n_scans: int) -> pd.DataFrame:
     return table
 
 
-def _read_participants(participants) -> pd.DataFrame:
-    if isinstance(participants, pd.DataFrame):
-        table = participants.copy()
-        table.attrs.setdefault("source", "participants table")
-        return table
-    return sio.read_table(participants)
+def validate_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The checks every Cohort table passes, on a table alone (before any map is read).
 
-
-def _as_list(value, n: int) -> list:
-    if isinstance(value, (str, os.PathLike)):
-        return [value] * n
-    values = list(value)
-    if len(values) != n:
-        raise CohortError(f"{len(values)} entries given where {n} (one per scan) were expected")
-    return values
-
-
-def _allocate(shape, out) -> np.ndarray:
-    if out is None:
-        return np.empty(shape, dtype=np.float32)
-    out = Path(out)
-    if out.suffix != ".npy":
-        raise CohortError(f"out={out} must be a .npy file (memory-mapped maps)")
-    return np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape)
-
-
-def _fill(n_scans: int, read_one, *, out=None, n_jobs: int = 1, progress: bool = False) -> np.ndarray:
-    """Allocate the (n_scans, V) array once (V from the first scan) and fill it scan by scan.
-
-    ``n_jobs`` > 1 reads/resamples scans in that many threads (numpy and scipy release the GIL in
-    the heavy parts); rows are still written in order into the one array.
+    ``subject`` and ``site`` present in every row, (subject, session) unique, numeric-looking
+    covariates numeric. Returns the table as a Cohort holds it; raises CohortError naming the file
+    (``table.attrs["source"]``), the rows and the values at fault.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
-    first = read_one(0)
-    maps = _allocate((n_scans, first.shape[0]), out)
-    maps[0] = first
-    bar = tqdm(total=n_scans, initial=1, unit="scan", disable=not progress)
-
-    def store(i, row):
-        if row.shape != first.shape:
-            raise CohortError(f"scan {i} has {row.shape[0]} values but scan 0 has {first.shape[0]}; "
-                              "all scans must be on the same mesh (pass level=... and spheres=... to resample)")
-        maps[i] = row
-        bar.update(1)
-
-    if n_jobs > 1:
-        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-            for i, row in zip(range(1, n_scans), pool.map(read_one, range(1, n_scans))):
-                store(i, row)
-    else:
-        for i in range(1, n_scans):
-            store(i, read_one(i))
-    bar.close()
-    return maps
+    return _check_table(table, len(table))
 
 
-def _cortex_mask(cortex, n_vert: int):
-    if cortex is None:
-        return None
-    if isinstance(cortex, np.ndarray):
-        if cortex.shape != (n_vert,) or cortex.dtype != bool:
-            raise CohortError(f"cortex mask must be a ({n_vert},) bool array, got {cortex.shape} {cortex.dtype}")
-        return cortex
-    return sio.cortex_mask(cortex, n_vert)
-
-
-class _MapLoader:
-    """Read one scan's map and bring it to the requested icosahedral level.
-
-    Resampling weights are computed once per sphere file and reused while consecutive scans share it
-    (e.g. one template sphere for every scan). Safe to call from several threads.
+def check_covariates(table: pd.DataFrame, columns, *, numeric=(), what: str = "covariate") -> None:
+    """Refuse covariate ``columns`` that the table lacks or leaves empty in some rows, and ``numeric``
+    columns (smooth terms, time for random slopes) that do not hold numbers; before any map is read.
     """
-
-    def __init__(self, level: int | None):
-        self.level = level
-        self._resamplers: dict[str, object] = {}
-
-    def load(self, path, sphere, cortex) -> np.ndarray:
-        values = sio.read_map(path).astype(np.float32)
-        mask = _cortex_mask(cortex, values.shape[0])
-        if mask is not None:
-            values[~mask] = np.nan
-        if sphere is not None:
-            resampler = self._resampler(sphere)
-            if resampler.n_source != values.shape[0]:
-                raise InputFileError(f"{path} has {values.shape[0]} values but sphere {sphere} has "
-                                     f"{resampler.n_source} vertices; expected the same subject and hemisphere")
-            return resampler(values, name=str(path))
-        if self.level is None:
-            return values
-        try:
-            have = level_of(values.shape[0], what=str(path))
-        except ValueError as exc:
-            raise InputFileError(f"{exc}; pass spheres=... (the scan's sphere.reg) to resample a native map") from None
-        if have < self.level:
-            raise InputFileError(f"{path} is on level {have} ({values.shape[0]} vertices), below the requested level "
-                                 f"{self.level}; resample explicitly with surfharm.resample.upsample_ico")
-        return values[:n_vertices(self.level)]
-
-    def _resampler(self, sphere):
-        from surfharm.resample import SphereResampler
-
-        key = str(Path(sphere).resolve())
-        cached = self._resamplers.get(key)
-        if cached is None:
-            level = 7 if self.level is None else self.level
-            cached = SphereResampler(sio.read_surface(sphere), level, source_name=str(sphere))
-            # Keep only the latest sphere: consecutive scans often share it, and a cohort of
-            # thousands of subjects must not keep thousands of weight matrices.
-            self._resamplers = {key: cached}
-        return cached
+    source = table.attrs.get("source", "table")
+    columns = list(dict.fromkeys([*columns, *numeric]))
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        others = [c for c in table.columns if c not in ID_COLUMNS]
+        raise CohortError(f"{source}: {what}(s) {missing} not found; its columns are {list(table.columns)} "
+                          f"(covariates available: {others})")
+    for col in columns:
+        if col in ("subject", "session"):
+            raise CohortError(f"{source}: {col!r} identifies scans; it cannot be a {what}")
+        empty = table.index[table[col].isna()].tolist()
+        if empty:
+            raise CohortError(f"{source}: {what} {col!r} is empty in row(s) {empty[:5]} ({len(empty)} in all); "
+                              "every scan needs a value (fill it in, or leave those scans out)")
+    for col in numeric:
+        values = table[col]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            continue
+        parsed = pd.to_numeric(values, errors="coerce")
+        bad = values[parsed.isna()]
+        raise CohortError(f"{source}: {what} {col!r} must be numeric (a smooth term or a time column), but "
+                          f"row(s) {bad.index.tolist()[:5]} hold {bad.astype(str).tolist()[:5]}")
 
 
-def _to_native(values: np.ndarray, sphere_path) -> np.ndarray:
-    from surfharm.resample import ico_to_native
+def single_scan_sites(table: pd.DataFrame) -> list[str]:
+    """Sites (as str) with only one scan in ``table``."""
+    counts = table["site"].astype(str).value_counts()
+    return sorted(counts.index[counts < 2].tolist())
 
-    return ico_to_native(values, sio.read_surface(sphere_path), source_name=str(sphere_path))
+
+def space_name(level: int | None) -> str | None:
+    """``fsaverage``, ``fsaverage5``, ... for an icosahedral level (``icN`` beyond them); None for None."""
+    return None if level is None else _FSAVERAGE_NAMES.get(level, f"ic{level}")
+
+
+def __getattr__(name):
+    # Readers that lived here: ``from surfharm.cohort import stacked_mgh_table`` keeps working.
+    if name in ("stacked_mgh_table", "read_participants"):
+        from surfharm import readers
+
+        return getattr(readers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -58,7 +58,8 @@ def unit_sphere(vertices, *, name: str = "sphere", tolerance: float = RADIUS_TOL
         raise SphereError(f"{name}: expected (V, 3) vertex coordinates, got shape {v.shape}")
     bad = ~np.isfinite(v).all(axis=1)
     if bad.any():
-        raise SphereError(f"{name}: {int(bad.sum())} vertices have NaN/inf coordinates (first: vertex {int(np.argmax(bad))})")
+        raise SphereError(f"{name}: {int(bad.sum())} vertices have NaN/inf coordinates "
+                          f"(first: vertex {int(np.argmax(bad))})")
     radius = np.linalg.norm(v, axis=1)
     median = float(np.median(radius))
     if median <= 0:
@@ -355,7 +356,7 @@ def resample_file(input_path, output_path, *, sphere=None, level: int = 7, to_na
     sphere_surface = sio.read_surface(sphere) if sphere is not None else None
     if cortex is not None and not is_annot:
         values = values.astype(np.float32, copy=True)
-        values[~sio.cortex_mask(cortex, values.shape[0])] = np.nan
+        values[~sio.read_cortex_mask(cortex, values.shape[0])] = np.nan
 
     if sphere_surface is None:
         if is_annot:

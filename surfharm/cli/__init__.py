@@ -10,10 +10,13 @@ import argparse
 import importlib
 import sys
 
+from surfharm.errors import SurfharmError
+
 _SUBCOMMAND_MODULES = (
     "benchmark",
     "combat",
     "selfcheck",
+    "doctor",
     "resample",
     "render",
     "report",
@@ -22,10 +25,15 @@ _SUBCOMMAND_MODULES = (
     "apply",
     "demo",
     "s2sgan",
+    "dcombat",
 )
 
 
-class CLIError(Exception):
+# Packages of the optional extras (pyproject.toml): a missing one is reported with the extra to install.
+_OPTIONAL_EXTRAS = {"torch": "deep", "safetensors": "deep", "pyvista": "viz", "vtk": "viz"}
+
+
+class CLIError(SurfharmError):
     """A user-facing error: printed as ``surfharm: error: <message>`` with exit code 2."""
 
 
@@ -57,6 +65,29 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"surfharm {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        # torch and pyvista are optional extras: say which one to install instead of a traceback.
+        extra = _OPTIONAL_EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"surfharm {args.command}: error: {exc.name} is not installed; "
+              f"install it with: pip install 'surfharm[{extra}]'", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Full disk, file-size limit, read-only folder, permissions: the path and the cause, no traceback.
+        print(f"surfharm {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def os_error_message(exc: OSError) -> str:
+    """``PATH: CAUSE`` for an operating-system error (its own text when it has no path)."""
+    from surfharm._atomic import OutputWriteError
+
+    if isinstance(exc, OutputWriteError) or not exc.filename:
+        return str(exc)
+    cause = exc.strerror or str(exc)
+    target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+    return f"{target}: {cause}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,8 +13,14 @@ examples:
   # one model file, stacked MGH input
   surfharm apply --model fitted/lh/model.npz --mgh new.lh.thickness.fsaverage.mgh --fsgd new.fsgd --out new-harmonized
 
+  # NIfTI scans with a volumetric model fitted by 'surfharm harmonize --images ... --method nyul --out nyul-run'
+  surfharm apply --model nyul-run --images new_t1w/ --masks new_masks/ --out new-nyul
+
 The new table needs the site column and the covariates kept at fit time (listed in fitted/<hemi>/config.json).
-Maps are brought to the model's level. Sites unknown to the model are refused with their names.
+Maps are brought to the model's level. Sites unknown to the model are refused with their names (with
+--adapt-new-sites their scans adapt a copy of the model, written into --out), and so is
+a model fitted on another hemisphere or measure (--allow-mismatch applies it anyway). A model in an
+incomplete run folder (a run that was stopped) is refused.
 """
 
 
@@ -29,6 +35,13 @@ def register(subparsers) -> None:
     parser.add_argument("--model", required=True, metavar="PATH",
                         help="output folder of 'surfharm harmonize' (its <hemi>/model.* is used) or a model file")
     add_input_arguments(parser)
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="apply the model even to maps of another hemisphere, measure or level than it was "
+                             "fitted on (refused by default)")
+    parser.add_argument("--adapt-new-sites", action="store_true",
+                        help="scans of sites the model was not fitted on adapt it (methods that can: ComBat, CovBat, "
+                             "the baselines), each new site estimated from its own scans with the model otherwise "
+                             "fixed; the adapted model is written into --out, never over --model")
     parser.set_defaults(func=run)
 
 
@@ -40,9 +53,12 @@ def run(args) -> int:
     source = source_from_args(args, default_level=level)
     if args.dry_run:
         print(pipeline.plan(source, args.out, model=args.model, space=args.space))
+        source.check_tables()  # exits 2 on a table problem
+        print("tables checked: ids unique, every scan has a site")
         return 0
     result = pipeline.apply(source, args.model, args.out, space=args.space, report=not args.no_report,
-                            overwrite=args.overwrite, progress=not args.quiet)
+                            overwrite=args.overwrite, progress=not args.quiet, allow_mismatch=args.allow_mismatch,
+                            clip_output=args.clip_output, adapt_new_sites=args.adapt_new_sites)
     print_summary(result)
     return 0
 

@@ -45,7 +45,8 @@ def register(subparsers) -> None:
     source.add_argument("--roi-table", help="CSV/TSV (may be .gz) of ROI values with site, age and sex columns")
     parser.add_argument("--out", help="output folder (created if missing); omit to only print the table")
     parser.add_argument("--methods", nargs="+", metavar="METHOD",
-                        help="methods to run (default: raw, global-scaling, mean-shift, mean-std and the ComBat family)")
+                        help="methods to run (default: raw, global-scaling, mean-shift, mean-std and the ComBat "
+                             "family)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulation and the folds (default 0)")
     parser.add_argument("--cv-repeats", type=int, default=1,
@@ -64,6 +65,8 @@ def register(subparsers) -> None:
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     parser.add_argument("--list", action="store_true", help="list scenarios and harmonizers, then exit")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    from surfharm._progress import add_progress_flag
+    add_progress_flag(parser)
     parser.set_defaults(func=run)
 
 

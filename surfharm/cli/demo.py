@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     parser.add_argument("--n-traveling", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--folds", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    from surfharm._progress import add_progress_flag
+    add_progress_flag(parser)
     parser.set_defaults(func=run)
 
 

@@ -1,4 +1,11 @@
-"""``surfharm s2sgan train|apply``: S2SGAN between two sites on a stacked MGH + FSGD."""
+"""``surfharm s2sgan train|apply``: S2SGAN between two sites on a stacked MGH + FSGD, into single files.
+
+The same job as ``surfharm harmonize --method s2sgan`` (and ``surfharm apply``), with the input read
+and checked by the same input class (:class:`surfharm.pipeline.inputs.StackedMghInput`: tables first,
+empty scans and implausible values refused) and the method built and fed by the same pipeline
+functions (:mod:`surfharm.pipeline.models`); what differs is the output: a model file and harmonized
+maps (a stacked MGH or a folder), instead of a run folder, and training options of their own.
+"""
 from __future__ import annotations
 
 import argparse
@@ -27,7 +34,8 @@ examples:
 Sites come from the table's 'site' column (or --site-column; for an FSGD without one, its class).
 Maps must be on an icosahedral mesh (fsaverage5 = level 5 is a good trade-off on a CPU).
 Model files are .safetensors with their metadata in JSON (in the file and in a .json copy beside it).
-Inputs are never overwritten; outputs are written atomically.
+Inputs are never overwritten; outputs are written atomically. The input is read and checked as by
+'surfharm harmonize --mgh ... --method s2sgan', which writes a run folder instead of single files.
 """
 
 
@@ -73,6 +81,8 @@ def register(subparsers) -> None:
     opt.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
     opt.add_argument("--resume", action="store_true", help="go on from the checkpoint in --checkpoint-dir")
     opt.add_argument("--quiet", action="store_true", help="no progress bar")
+    from surfharm._progress import add_progress_flag
+    add_progress_flag(opt)
     train.set_defaults(func=run_train)
 
     apply = actions.add_parser("apply", help="harmonize scans with a trained model",
@@ -91,26 +101,39 @@ def _add_inputs(parser) -> None:
     parser.add_argument("--participants", help="table (CSV/TSV) joined by subject: site, age, sex, ...")
     parser.add_argument("--site-column", help="column holding the site (default 'site', else the FSGD class)")
     parser.add_argument("--cortex", help="label/annotation of --mgh's mesh; vertices outside become NaN")
+    values = parser.add_argument_group("plausible values (thickness [0, 10] mm, area and volume >= 0)")
+    values.add_argument("--value-range", nargs=2, type=float, metavar=("LO", "HI"),
+                        help="refuse input values outside [LO, HI] instead of the measure's default range")
+    values.add_argument("--allow-implausible", action="store_true",
+                        help="skip the range check (for measures that may be negative or leave the range)")
 
 
-def _read_cohort(args):
-    from surfharm.cohort import Cohort
+def _source(args):
+    """The stacked MGH input (the measure from the file name, e.g. lh.thickness...mgh)."""
+    from surfharm.cli.harmonize import source_from_args
 
-    return Cohort.from_stacked_mgh(args.mgh, args.fsgd, site_column=args.site_column,
-                                   participants=args.participants, cortex=args.cortex)
+    return source_from_args(args, measure=None)
 
 
-def _covariates(cohort, columns):
-    return cohort.covariates(list(columns)) if columns else None
+def _read_cohort(source, columns):
+    """The tables checked (ids, sites, the covariate ``columns``), then the maps (empty scans and
+    implausible values refused)."""
+    source.check_tables(keep=list(columns))
+    (cohort,) = source.read(progress=False).values()
+    return cohort
 
 
 def run_train(args) -> int:
     from surfharm.cli import CLIError
-    from surfharm.harmonize import S2SGAN
+    from surfharm.cli.harmonize import refuse_inputs, say_delegation
+    from surfharm.evaluate.methods import MethodSpec
+    from surfharm.pipeline import models
 
-    if args.output and args.output == args.mgh:
-        raise CLIError(f"--output {args.output} is the input; choose a new file name")
-    cohort = _read_cohort(args)
+    source = _source(args)
+    refuse_inputs(source, {"--output": args.output, "--model": args.model})
+    say_delegation("surfharm s2sgan train", source, "s2sgan")
+    keep = list(dict.fromkeys([*args.condition_on, *args.keep_covariates]))
+    cohort = _read_cohort(source, keep)
     for name in ("source", "target"):
         if getattr(args, name) not in set(cohort.sites.astype(str)):
             raise CLIError(f"--{name} {getattr(args, name)!r} is not a site of {args.fsgd}; "
@@ -120,39 +143,41 @@ def run_train(args) -> int:
         print(f"training on the {pair.n_scans} scans of sites {args.source} and {args.target} "
               f"({cohort.n_scans - pair.n_scans} scans of other sites left out)")
     sites = pair.sites.astype(str)
-    model = S2SGAN(source=args.source, target=args.target, condition_on=tuple(args.condition_on),
+    options = dict(source=args.source, target=args.target, condition_on=tuple(args.condition_on),
                    keep_covariates=tuple(args.keep_covariates), covariate_slopes=args.covariate_slopes,
-                   depth=args.depth,
-                   base_channels=args.base_channels, epochs=args.epochs, max_steps=args.max_steps,
+                   depth=args.depth, base_channels=args.base_channels, epochs=args.epochs, max_steps=args.max_steps,
                    batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                    validation_fraction=args.validation_fraction, calibrate=args.calibrate, seed=args.seed,
-                   device=args.device,
-                   checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                   progress=not args.quiet)
-    covariates = _covariates(pair, dict.fromkeys([*args.condition_on, *args.keep_covariates]))
-    model.fit(pair.maps, sites, covariates)
+                   device=args.device, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                   resume=args.resume, progress=not args.quiet)
+    model = MethodSpec("s2sgan", "", options).build()
+    side = models.side_data(model, pair, keep)
+    model.fit(pair.maps, sites=sites, **side)
     last = model.history_[-1] if model.history_ else {}
     print(f"trained S2SGAN {args.source} -> {args.target} at level {model.level_} on {pair.n_scans} scans; "
           + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step"))
     print(f"wrote {model.save(args.model)}")
     if args.output:
-        harmonized = model.transform(pair.maps, sites, covariates)
+        harmonized = model.transform(pair.maps, sites=sites, **side)
         for path in pair.with_maps(harmonized).write(args.output, overwrite=True):
             print(f"wrote {path}")
     return 0
 
 
 def run_apply(args) -> int:
-    from surfharm.cli import CLIError
+    from surfharm.cli.harmonize import refuse_inputs, say_delegation
     from surfharm.harmonize import S2SGAN
+    from surfharm.pipeline import models
 
-    if args.output == args.mgh:
-        raise CLIError(f"--output {args.output} is the input; choose a new file name")
+    source = _source(args)
+    refuse_inputs(source, {"--output": args.output})
     model = S2SGAN.load(args.model, device=args.device)
-    cohort = _read_cohort(args)
+    say_delegation("surfharm s2sgan apply", source, "s2sgan")
+    keep = list(dict.fromkeys([*model.condition_on, *model.keep_covariates]))
+    cohort = _read_cohort(source, keep)
     sites = np.array([_as_model_label(s, model.sites_) for s in cohort.sites], dtype=object)
-    covariates = _covariates(cohort, dict.fromkeys([*model.condition_on, *model.keep_covariates]))
-    harmonized = model.transform(cohort.maps, sites, covariates, direction="reverse" if args.reverse else "forward")
+    harmonized = model.transform(cohort.maps, sites=sites, **models.side_data(model, cohort, keep),
+                                 direction="reverse" if args.reverse else "forward")
     for path in cohort.with_maps(harmonized).write(args.output, overwrite=True):
         print(f"wrote {path}")
     return 0

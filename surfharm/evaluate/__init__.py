@@ -4,6 +4,8 @@
   (MAE, PSNR, Pearson r, SSIM on the sphere, ICC);
 * :mod:`surfharm.evaluate.crossval`: leakage-safe cross-validation (harmonizer refit in each fold);
 * :mod:`surfharm.evaluate.rois`: Desikan-Killiany ROI summaries of icosahedral maps;
+* :mod:`surfharm.evaluate.image_metrics` and :mod:`surfharm.evaluate.volumetric_scenario`: the
+  metrics of 3-D images and the ``volumetric`` scenario;
 * :mod:`surfharm.evaluate.scenarios`: where benchmark data comes from (registry);
 * :mod:`surfharm.evaluate.benchmark`: the runner behind ``surfharm benchmark``.
 
@@ -14,7 +16,7 @@
 import importlib
 
 # Names re-exported lazily (PEP 562), so that importing a submodule such as
-# ``surfharm.evaluate.rois`` (used by ``surfharm.simulate``) does not import the whole runner.
+# ``surfharm.evaluate.rois`` does not import the whole runner.
 _EXPORTS = {
     "BenchmarkResult": "benchmark", "run_benchmark": "benchmark", "run_scenario": "benchmark",
     "to_markdown": "benchmark", "write_results": "benchmark",

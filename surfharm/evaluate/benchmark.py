@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from surfharm._atomic import atomic_path, write_text_atomic
+from surfharm import harmonize
+from surfharm._atomic import atomic_path, folder_being_written, write_text_atomic
+from surfharm._progress import progress_bar
 from surfharm.evaluate import metrics
 from surfharm.evaluate.crossval import cross_validate, site_folds
 from surfharm.evaluate.methods import MethodSpec, default_methods
@@ -47,6 +49,13 @@ COLUMNS = (
     ("frac_sig_kruskal", "same, Kruskal-Wallis on covariate-adjusted residuals", "low"),
     ("frac_sig_levene", "fraction with a site effect on scale (Levene/Brown-Forsythe, FDR 5%)", "low"),
     ("site_eta2_median", "median partial eta^2 of site", "low"),
+    ("kbet_rejection", "kBET rejection rate on the first 20 principal components of the covariate-adjusted maps "
+                       "(k = a quarter of the mean site size, alpha 0.05; about 0.05 = no site effect)", "low"),
+    ("ilisi", "iLISI, effective number of sites among each scan's neighbours (perplexity 30; the number of sites "
+              "= fully mixed)", "high"),
+    ("manova_pillai", "MANOVA of site on the first 10 principal components, Pillai's trace (0 = none)", "low"),
+    ("manova_p", "... its p-value", "high"),
+    ("cov_het_frac", "fraction of vertices whose 1-ring covariance differs between sites (Box's M, FDR 5%)", "low"),
     ("age_r2", "mean partial R^2 of age over features", "truth"),
     ("age_r2_ratio", "age R^2 / truth's age R^2", "1"),
     ("age_r2_ratio_target", "age R^2 / age R^2 of the truth as the target site acquires it (simulations)", "1"),
@@ -111,6 +120,9 @@ def run_benchmark(data: BenchmarkData, methods: list[MethodSpec] | None = None, 
         raise ValueError(f"cv_repeats must be >= 1, got {cv_repeats}")
     folds = [site_folds(table["site"], table["subject"], n_splits=n_splits, seed=seed + r)
              for r in range(int(cv_repeats))]
+    n_fits = (len(methods) + (data.truth is not None) + (data.truth_at_target is not None)) * sum(map(len, folds))
+    bar = progress_bar(progress is not None, total=n_fits, desc="benchmark folds", unit="fold")
+    folds = [_Ticking(f, bar) for f in folds]
     window = None
     if data.faces is not None:
         window = metrics.mesh_window(data.faces, data.X.shape[1], rings=2, mask=data.mask)
@@ -144,9 +156,9 @@ def run_benchmark(data: BenchmarkData, methods: list[MethodSpec] | None = None, 
             start = time.perf_counter()
             harmonizer = spec.build()
             rows_all = np.arange(len(table))
-            harmonizer.fit(X, table["site"].to_numpy(), cov, **spec.table_kwargs(table, rows_all))
-            Xh = np.asarray(harmonizer.transform(X, table["site"].to_numpy(), cov,
-                                                 **spec.table_kwargs(table, rows_all, True)))
+            side = harmonize.side_data_for(harmonizer, covariates=cov, **spec.table_kwargs(table, rows_all))
+            harmonizer.fit(X, sites=table["site"].to_numpy(), **side)
+            Xh = np.asarray(harmonizer.transform(X, sites=table["site"].to_numpy(), **side))
             row["fit_seconds"] = time.perf_counter() - start
             row.update(_study_metrics(Xh, table, cov, data, truth_effects))
             row.update(_cv_metrics(spec, X, table, folds, data, seed))
@@ -163,6 +175,7 @@ def run_benchmark(data: BenchmarkData, methods: list[MethodSpec] | None = None, 
             say(traceback.format_exc(limit=3))
         rows.append(row)
 
+    bar.close()
     ordered = ["method"] + [c for c, _, _ in COLUMNS]
     result = pd.DataFrame(rows)
     result = result[[c for c in ordered if c in result.columns] + [c for c in result.columns if c not in ordered]]
@@ -196,7 +209,23 @@ def _study_metrics(Xh, table, cov, data: BenchmarkData, truth_effects) -> dict:
     out = metrics.site_effect_tests(Xh, table["site"].to_numpy(), cov)
     effects = metrics.covariate_effects(Xh, cov, data.age_columns, data.sex_column)
     out.update(metrics.compare_effects(effects, truth_effects))
+    out.update(metrics.multivariate_site_metrics(Xh, table["site"].to_numpy(), cov, faces=data.faces))
     return out
+
+
+class _Ticking:
+    """A fold list that advances a progress bar as each fold is used."""
+
+    def __init__(self, folds, bar):
+        self.folds, self.bar = list(folds), bar
+
+    def __len__(self):
+        return len(self.folds)
+
+    def __iter__(self):
+        for fold in self.folds:
+            yield fold
+            self.bar.update(1)
 
 
 def _cv_metrics(spec, X, table, fold_sets, data: BenchmarkData, seed: int) -> dict:
@@ -215,8 +244,8 @@ def _traveling_metrics(harmonizer, spec: MethodSpec, data: BenchmarkData, window
     rows = np.nonzero(data.traveling)[0]
     trav = data.table.iloc[rows].reset_index(drop=True)
     cov = trav[data.covariate_columns]
-    Xh = np.asarray(harmonizer.transform(data.X[rows], trav["site"].to_numpy(), cov,
-                                         **spec.table_kwargs(data.table, rows, True)), dtype=np.float64)
+    side = harmonize.side_data_for(harmonizer, covariates=cov, **spec.table_kwargs(data.table, rows))
+    Xh = np.asarray(harmonizer.transform(data.X[rows], sites=trav["site"].to_numpy(), **side), dtype=np.float64)
     truth = np.asarray(data.truth[rows], np.float64) if data.truth is not None else None
     out = {}
     target = data.target_site if data.target_site is not None else str(trav["site"].iloc[0])
@@ -244,9 +273,10 @@ def _traveling_metrics(harmonizer, spec: MethodSpec, data: BenchmarkData, window
 _GROUPS = (
     ("Site effect left (lower is better; AUROC 0.5 = none)",
      ["site_auroc", "site_auroc_sd", "site_balanced_accuracy", "frac_sig_anova", "frac_sig_kruskal", "frac_sig_levene",
-      "site_eta2_median"]),
+      "site_eta2_median", "kbet_rejection", "ilisi", "manova_pillai", "manova_p", "cov_het_frac"]),
     ("Biology kept (closest to the truth row is best)",
-     ["age_r2", "age_r2_ratio", "age_r2_ratio_target", "age_beta", "age_beta_r", "sex_d", "sex_d_r", "age_mae", "age_pred_r2"]),
+     ["age_r2", "age_r2_ratio", "age_r2_ratio_target", "age_beta", "age_beta_r", "sex_d", "sex_d_r", "age_mae",
+      "age_pred_r2"]),
     ("Traveling subjects (held out of every fit)",
      ["tr_mae_target", "tr_psnr_target", "tr_r_target", "tr_ssim_target", "tr_icc", "tr_mae_truth",
       "tr_psnr_truth", "tr_r_truth", "tr_ssim_truth"]),
@@ -295,18 +325,21 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 
 def write_results(result: BenchmarkResult, out_dir, *, plots: bool = True) -> dict[str, Path]:
     """Write ``results.csv``, ``results.md``, ``config.json`` and (optionally) the plots into
-    ``out_dir`` (created if missing; each file written atomically). Returns name -> path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out_dir / "results.csv", "markdown": out_dir / "results.md", "config": out_dir / "config.json"}
-    with atomic_path(paths["csv"]) as tmp:
-        result.table.to_csv(tmp, index=False)
-    write_text_atomic(paths["markdown"], to_markdown(result))
-    write_text_atomic(paths["config"], json.dumps(result.config, indent=2, default=_json_default))
-    if plots:
-        from surfharm.evaluate import plots as plotting
+    ``out_dir`` (created if missing; each file written atomically). Returns name -> path.
 
-        paths.update(plotting.write_plots(result, out_dir))
+    The folder holds the marker ``INCOMPLETE`` until the last file is written, so that ``surfharm
+    report`` refuses the folder of an interrupted write."""
+    out_dir = Path(out_dir)
+    paths = {"csv": out_dir / "results.csv", "markdown": out_dir / "results.md", "config": out_dir / "config.json"}
+    with folder_being_written(out_dir):
+        with atomic_path(paths["csv"]) as tmp:
+            result.table.to_csv(tmp, index=False)
+        write_text_atomic(paths["markdown"], to_markdown(result))
+        write_text_atomic(paths["config"], json.dumps(result.config, indent=2, default=_json_default))
+        if plots:
+            from surfharm.evaluate import plots as plotting
+
+            paths.update(plotting.write_plots(result, out_dir))
     return paths
 
 

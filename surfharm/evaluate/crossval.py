@@ -32,6 +32,7 @@ from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, r2_sco
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 
+from surfharm import harmonize
 from surfharm.evaluate.methods import MethodSpec
 
 
@@ -85,12 +86,15 @@ def harmonize_split(spec: MethodSpec, X: np.ndarray, table: pd.DataFrame, covari
     sites = table[site_column].to_numpy()
     cov = table[list(covariate_columns)].reset_index(drop=True) if covariate_columns else None
 
-    def rows_of(rows):
-        return (X[rows], sites[rows], None if cov is None else cov.iloc[rows].reset_index(drop=True))
+    def side_of(rows):
+        # What the method takes of the covariates and the table columns its spec names, for these rows.
+        covariates = None if cov is None else cov.iloc[rows].reset_index(drop=True)
+        return harmonize.side_data_for(harmonizer, covariates=covariates, **spec.table_kwargs(table, rows))
 
-    harmonizer.fit(*rows_of(train), **spec.table_kwargs(table, train))
-    return (harmonizer.transform(*rows_of(train), **spec.table_kwargs(table, train, True)),
-            harmonizer.transform(*rows_of(test), **spec.table_kwargs(table, test, True)))
+    train_side = side_of(train)
+    harmonizer.fit(X[train], sites=sites[train], **train_side)
+    return (harmonizer.transform(X[train], sites=sites[train], **train_side),
+            harmonizer.transform(X[test], sites=sites[test], **side_of(test)))
 
 
 def cross_validate(spec: MethodSpec | None, X, table: pd.DataFrame, folds, covariate_columns=(),

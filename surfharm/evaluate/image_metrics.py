@@ -4,33 +4,32 @@ All functions take 3-D arrays on one grid and a bool mask of the voxels to score
 images come in each method's own unit (z-scores, Nyul's 1-100 scale, ...); :func:`calibrate_units`
 maps one method's outputs onto the truth's unit with a single affine map shared by every scan, so
 that errors are comparable across methods without undoing any per-scan difference.
+
+:func:`mae` and :func:`psnr` are those of :mod:`surfharm.evaluate.metrics` (one definition for maps
+and images; images are scored with a voxel mask and ``psnr(..., clip=False)``). SSIM on 3-D Gaussian
+windows is :func:`ssim_volume`; SSIM on mesh neighbourhoods is
+:func:`surfharm.evaluate.metrics.ssim_sphere`.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import combinations
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage, stats
+
+from surfharm.evaluate.metrics import mae, psnr
+
+__all__ = ["between_site_distances", "calibrate_units", "mae", "psnr", "ssim_volume", "wm_gm_ratio"]
 
 
 def _masked(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)[mask]
 
 
-def mae(image: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
-    """Mean absolute error inside ``mask`` (unit of ``truth``)."""
-    return float(np.mean(np.abs(_masked(image, mask) - _masked(truth, mask))))
-
-
-def psnr(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, data_range: float) -> float:
-    """Peak signal-to-noise ratio inside ``mask``, dB: ``10 log10(data_range^2 / MSE)``; inf when equal."""
-    mse = float(np.mean((_masked(image, mask) - _masked(truth, mask)) ** 2))
-    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range ** 2 / mse))
-
-
-def ssim(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, data_range: float, sigma_vox: float = 1.5) -> float:
-    """Mean structural similarity (Wang et al., IEEE TIP 2004) over the voxels of ``mask``.
+def ssim_volume(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, data_range: float,
+                sigma_vox: float = 1.5) -> float:
+    """Mean structural similarity (Wang et al., IEEE TIP 2004) of two 3-D images over the voxels of ``mask``.
 
     Local means, variances and covariance use a 3-D Gaussian window of ``sigma_vox`` voxels;
     constants ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2`` with ``L = data_range``. Returns a value in

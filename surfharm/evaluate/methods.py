@@ -6,15 +6,15 @@ A method is any harmonizer registered in :mod:`surfharm.harmonize` (``raw``, ``m
 
 Text form (command line): ``[LABEL=]NAME[:KEY=VALUE[,KEY=VALUE...]]``; a VALUE is read as JSON when
 it parses (``true``, ``3``, ``0.5``, ``"A"``) and as a string otherwise; ``@column`` passes that table
-column to ``fit``/``transform`` instead of to the constructor. Examples::
+column to ``fit``/``transform`` (keyword side data the method declares, such as ``subjects``)
+instead of to the constructor. Examples::
 
     combat
     combat-ref=combat:reference_site=A
-    combat-long=combat:subjects=@subject
+    long=combat-long:subjects=@subject
 """
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,18 +53,22 @@ class MethodSpec:
         except TypeError as exc:
             raise ValueError(f"method {self.display!r}: bad option for {self.name!r} ({exc})") from None
 
-    def table_kwargs(self, table: pd.DataFrame, rows: np.ndarray, for_transform: bool = False) -> dict[str, np.ndarray]:
-        """The ``column_kwargs`` for the scans ``rows`` of ``table``; with ``for_transform`` only
-        those that the harmonizer's ``transform`` accepts (named, or through ``**kwargs``)."""
+    def table_kwargs(self, table: pd.DataFrame, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The ``column_kwargs`` for the scans ``rows`` of ``table``: side data that the harmonizer
+        declares (:attr:`surfharm.harmonize.Harmonizer.side_data`, e.g. ``subjects``), passed by
+        keyword to both ``fit`` and ``transform``. Raises ValueError for a column it does not name or
+        a keyword the method does not take."""
+        cls = harmonize.get(self.name)
+        takes = [n for n in cls.side_data if n != "covariates"]   # covariates come from the data's columns
+        unknown = sorted(set(self.column_kwargs) - set(takes))
+        if unknown:
+            raise ValueError(f"method {self.display!r}: {self.name!r} takes no {', '.join(unknown)} from the table; "
+                             f"it takes {', '.join(takes) if takes else 'no table column'}")
         missing = [c for c in self.column_kwargs.values() if c not in table.columns]
         if missing:
-            raise ValueError(f"method {self.display!r} needs table column(s) {missing}; columns are {list(table.columns)}")
-        names = self.column_kwargs
-        if for_transform:
-            accepted = inspect.signature(harmonize.get(self.name).transform).parameters
-            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-            names = {k: c for k, c in names.items() if takes_any or k in accepted}
-        return {k: table[c].to_numpy()[rows] for k, c in names.items()}
+            raise ValueError(f"method {self.display!r} needs table column(s) {missing}; "
+                             f"columns are {list(table.columns)}")
+        return {k: table[c].to_numpy()[rows] for k, c in self.column_kwargs.items()}
 
     @classmethod
     def parse(cls, text: str) -> "MethodSpec":
@@ -112,6 +116,6 @@ def default_methods() -> list[MethodSpec]:
     specs = []
     for name in names:
         # Longitudinal methods take the subject of each scan (fit(..., subjects=...)).
-        takes_subjects = "subjects" in inspect.signature(harmonize.get(name).fit).parameters
+        takes_subjects = "subjects" in harmonize.get(name).side_data
         specs.append(MethodSpec(name, column_kwargs={"subjects": "subject"} if takes_subjects else {}))
     return specs

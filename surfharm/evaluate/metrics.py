@@ -11,12 +11,19 @@ Definitions (as used across the field; Hu et al., NeuroImage 2023, and the S2SGA
   Kruskal-Wallis test on the covariate-adjusted residuals; scale: Levene's test (Brown-Forsythe,
   deviations from the site medians) on the full-model residuals. Reported as the fraction of features
   significant after Benjamini-Hochberg FDR at ``alpha``, and the median partial eta^2 of site.
+* Multivariate site effect (covariate-adjusted): kBET rejection rate and iLISI on principal-component
+  scores, MANOVA of site (Pillai's trace) on the first components, and per-vertex Box's M tests of
+  the local (1-ring) covariance across sites (:func:`multivariate_site_metrics`).
 * Biology per feature: the partial R^2 of the age term(s) (variance explained by age beyond the other
   covariates), the age slope beta (mm per unit of the age column) and Cohen's d of sex (female - male
   on age-adjusted residuals, pooled SD).
 * Traveling subjects: MAE (mm), PSNR = ``20 log10(5) - 10 log10(MSE)`` with both maps clipped to
   [0, 5] mm, Pearson r, and SSIM on the sphere (:func:`ssim_sphere`); within-subject agreement
   across all sites as ICC(2,1) per feature (:func:`icc_absolute`).
+
+:func:`mae` and :func:`psnr` score 3-D images too (a voxel mask, ``clip=False``); the metrics of
+images only (SSIM on 3-D windows, unit calibration, distances between scanners) are in
+:mod:`surfharm.evaluate.image_metrics`.
 """
 from __future__ import annotations
 
@@ -171,19 +178,40 @@ def compare_effects(effects: dict[str, np.ndarray], truth: dict[str, np.ndarray]
 
 # -- traveling subjects -----------------------------------------------------------------------------
 
-def mae(pred, target) -> np.ndarray:
-    """Mean absolute error per scan (rows), NaN features ignored: (n,)."""
-    return np.nanmean(np.abs(np.asarray(pred, np.float64) - np.asarray(target, np.float64)), axis=-1)
+def _scored(pred, target, mask) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``target`` as float64, reduced to the values ``mask`` selects on their trailing axes."""
+    p, t = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    if mask is None:
+        return p, t
+    mask = np.asarray(mask, dtype=bool)
+    return p[..., mask], t[..., mask]
 
 
-def psnr(pred, target, max_value: float = THICKNESS_RANGE_MM) -> np.ndarray:
-    """PSNR per scan (dB) as the S2SGAN authors define it: values clipped to [0, max_value],
-    ``20 log10(max_value) - 10 log10(MSE)``; NaN features ignored. (n,)."""
-    p = np.clip(np.asarray(pred, np.float64), 0.0, max_value)
-    t = np.clip(np.asarray(target, np.float64), 0.0, max_value)
+def mae(pred, target, mask=None) -> np.ndarray:
+    """Mean absolute error, NaN values ignored.
+
+    Maps ``(n, V)``: one value per scan (row), ``(n,)``. ``mask`` (bool over the trailing axes: the
+    vertices of a map, or the voxels of a 3-D image) keeps only the values it marks; a single map or
+    image with its mask gives one value (unit of ``target``).
+    """
+    p, t = _scored(pred, target, mask)
+    return np.nanmean(np.abs(p - t), axis=-1)
+
+
+def psnr(pred, target, mask=None, data_range: float = THICKNESS_RANGE_MM, *, clip: bool = True) -> np.ndarray:
+    """Peak signal-to-noise ratio (dB): ``20 log10(data_range) - 10 log10(MSE)``, inf when equal.
+
+    One value per scan (row) of maps, or one per image with a ``mask`` over its voxels (as :func:`mae`);
+    NaN values ignored. ``clip=True`` (the S2SGAN authors' definition for thickness maps, with
+    ``data_range`` 5 mm) first clips both to [0, data_range]; images in their own unit are scored
+    with ``clip=False``.
+    """
+    p, t = _scored(pred, target, mask)
+    if clip:
+        p, t = np.clip(p, 0.0, data_range), np.clip(t, 0.0, data_range)
     mse = np.nanmean((p - t) ** 2, axis=-1)
     with np.errstate(divide="ignore"):
-        return 20.0 * np.log10(max_value) - 10.0 * np.log10(mse)
+        return 20.0 * np.log10(data_range) - 10.0 * np.log10(mse)
 
 
 def pearson_r(pred, target) -> np.ndarray:
@@ -279,4 +307,219 @@ def agreement(pred, target, window: sp.spmatrix | None = None, mask: np.ndarray 
            "r": float(np.mean(pearson_r(pred, target)))}
     if window is not None:
         out["ssim"] = float(np.mean(ssim_sphere(pred, target, window, mask=mask)))
+    return out
+
+
+# -- multivariate site effect -----------------------------------------------------------------------
+#
+# Site effects that per-feature tests miss: in the joint distribution of the features (neighbourhoods
+# of scans in PCA space, a multivariate test of the site means) and in the covariance between nearby
+# vertices. All four adjust for the covariates first (least squares on the intercept and the
+# covariates), so that an age difference between sites does not count as a site effect.
+
+def _adjusted(X, covariates, n: int) -> np.ndarray:
+    Y = np.asarray(X, dtype=np.float64)[:, complete_features(np.asarray(X, dtype=np.float64))]
+    return _residuals(design_matrix(covariates, n), Y)
+
+
+def pca_scores(X, covariates: pd.DataFrame | None = None, n_components: int = 20) -> np.ndarray:
+    """(n_scans, m) scores on the first ``m = min(n_components, n_scans - 1, n_features)`` principal
+    components of the covariate-adjusted complete features (centred, not scaled: thickness in mm)."""
+    Y = _adjusted(X, covariates, np.asarray(X).shape[0])
+    Y = Y - Y.mean(axis=0)
+    m = max(1, min(n_components, Y.shape[0] - 1, Y.shape[1]))
+    U, s, _ = np.linalg.svd(Y, full_matrices=False)
+    return U[:, :m] * s[:m]
+
+
+def _neighbours(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices of each scan's ``k`` nearest other scans, (n, k) each."""
+    from scipy.spatial import cKDTree
+
+    dist, idx = cKDTree(scores).query(scores, k=k + 1)
+    return dist[:, 1:], idx[:, 1:]
+
+
+def kbet(X, sites, covariates: pd.DataFrame | None = None, *, k: int | None = None, alpha: float = 0.05,
+         n_components: int = 20) -> dict[str, float]:
+    """kBET (Büttner et al., Nat Methods 2019): how often a scan's neighbourhood has the wrong site mix.
+
+    For every scan, the sites of its ``k`` nearest other scans (Euclidean, on :func:`pca_scores`) are
+    compared with the global site proportions by Pearson's chi-square test (``K - 1`` degrees of
+    freedom); the result is the fraction of scans whose test rejects at ``alpha`` (0.05). Without any
+    site effect it is close to ``alpha``; 1 means every neighbourhood is dominated by some site.
+    ``k`` defaults to a quarter of the mean site size, kept within [10, 100] and below the smallest
+    site size (kBET's own default is of that order: neighbourhoods small enough to be local, large
+    enough for the chi-square approximation).
+
+    Returns ``kbet_rejection`` and the ``kbet_k`` used.
+    """
+    sites = np.asarray(sites).astype(str)
+    labels, codes = np.unique(sites, return_inverse=True)
+    n = sites.size
+    counts = np.bincount(codes)
+    if k is None:
+        k = int(np.clip(round(0.25 * n / labels.size), 10, 100))
+        k = max(2, min(k, int(counts.min()) - 1, n - 1))
+    if labels.size < 2:
+        return {"kbet_rejection": float("nan"), "kbet_k": float(k)}
+    _, idx = _neighbours(pca_scores(X, covariates, n_components), k)
+    observed = np.zeros((n, labels.size))
+    np.add.at(observed, (np.repeat(np.arange(n), k), codes[idx].ravel()), 1.0)
+    expected = k * counts / n
+    chi2 = (((observed - expected) ** 2) / expected).sum(axis=1)
+    p = stats.chi2.sf(chi2, labels.size - 1)
+    return {"kbet_rejection": float(np.mean(p < alpha)), "kbet_k": float(k)}
+
+
+def lisi(X, sites, covariates: pd.DataFrame | None = None, *, perplexity: float = 30.0,
+         n_components: int = 20) -> dict[str, float]:
+    """iLISI (Korsunsky et al., Nat Methods 2019): the effective number of sites around each scan.
+
+    For every scan, Gaussian weights on its ``3 * perplexity`` nearest other scans (on
+    :func:`pca_scores`) with the bandwidth set, by bisection, so that the weights' perplexity
+    (``exp`` of their entropy) equals ``perplexity`` (30, Harmony's default; lowered to a third of the
+    scans when there are few); the inverse Simpson index ``1 / sum_s P_s^2`` of the weight per site.
+    1 = one site only, K = perfectly mixed K sites (with equal site sizes).
+
+    Returns ``ilisi`` (mean over scans) and ``ilisi_norm`` = (ilisi - 1) / (K - 1) in [0, 1].
+    """
+    sites = np.asarray(sites).astype(str)
+    labels, codes = np.unique(sites, return_inverse=True)
+    n = sites.size
+    perplexity = float(min(perplexity, (n - 1) / 3.0))
+    k = int(min(n - 1, max(3, round(3 * perplexity))))
+    dist, idx = _neighbours(pca_scores(X, covariates, n_components), k)
+    d2 = dist**2
+    d2 = d2 - d2[:, :1]                                    # shift: weights are scale-free in the nearest one
+    target = np.log(perplexity)
+    lo, hi = np.zeros(n), np.full(n, np.inf)
+    beta = np.ones(n) / max(float(np.median(d2[:, -1])), 1e-12)
+    for _ in range(60):
+        w = np.exp(-d2 * beta[:, None])
+        total = w.sum(axis=1)
+        p = w / total[:, None]
+        entropy = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)
+        too_flat = entropy > target                          # entropy too high: narrow the kernel
+        lo = np.where(too_flat, beta, lo)
+        hi = np.where(too_flat, hi, beta)
+        beta = np.where(np.isfinite(hi), 0.5 * (lo + hi), beta * 2.0)
+    share = np.zeros((n, labels.size))
+    np.add.at(share, (np.repeat(np.arange(n), k), codes[idx].ravel()), p.ravel())
+    ilisi = 1.0 / (share**2).sum(axis=1)
+    mean = float(ilisi.mean())
+    return {"ilisi": mean, "ilisi_norm": (mean - 1.0) / (labels.size - 1) if labels.size > 1 else float("nan")}
+
+
+def manova_site(X, sites, covariates: pd.DataFrame | None = None, *, n_components: int = 10) -> dict[str, float]:
+    """MANOVA of site on the first principal components, adjusted for the covariates.
+
+    The scores of the first ``n_components`` (10) components of the covariate-adjusted features
+    (:func:`pca_scores`) are the responses; the hypothesis matrix ``H`` compares the models
+    ``1 + covariates + site`` and ``1 + covariates``, ``E`` is the full model's residual matrix.
+    Pillai's trace ``V = tr(H (H + E)^-1)`` (0 = no site difference, up to min(m, K - 1)) with its
+    F approximation and p-value (Pillai 1955; as R's ``summary.manova``).
+
+    Returns ``manova_pillai``, ``manova_f``, ``manova_df1``, ``manova_df2``, ``manova_p``.
+    """
+    sites = np.asarray(sites).astype(str)
+    n = sites.size
+    reduced = design_matrix(covariates, n)
+    full = np.column_stack([reduced, _site_dummies(sites)])
+    q = full.shape[1] - reduced.shape[1]
+    df_error = n - np.linalg.matrix_rank(full)
+    m = int(max(1, min(n_components, df_error - 1)))
+    Y = pca_scores(X, covariates, m)
+    m = Y.shape[1]
+    res_full, res_reduced = _residuals(full, Y), _residuals(reduced, Y)
+    E = res_full.T @ res_full
+    H = res_reduced.T @ res_reduced - E
+    eig = np.linalg.eigvals(np.linalg.solve(H + E, H)).real
+    pillai = float(np.clip(eig, 0.0, 1.0).sum())
+    s = min(m, q)
+    mm = (abs(m - q) - 1) / 2.0
+    nn = (df_error - m - 1) / 2.0
+    df1, df2 = s * (2 * mm + s + 1), s * (2 * nn + s + 1)
+    f = (df2 / df1) * pillai / (s - pillai) if s > pillai else float("inf")
+    return {"manova_pillai": pillai, "manova_f": float(f), "manova_df1": float(df1), "manova_df2": float(df2),
+            "manova_p": float(stats.f.sf(f, df1, df2)) if np.isfinite(f) else 0.0}
+
+
+def ring_neighbourhoods(faces: np.ndarray, n_vertices: int, rings: int = 1) -> list[np.ndarray]:
+    """Each vertex with its neighbours up to ``rings`` edges away, the centre first: list of (m_v,) arrays."""
+    window = mesh_window(faces, n_vertices, rings=rings)
+    out = []
+    for v in range(n_vertices):
+        cols = window.indices[window.indptr[v]:window.indptr[v + 1]]
+        out.append(np.concatenate([[v], cols[cols != v]]))
+    return out
+
+
+def covariance_heterogeneity(X, sites, neighbourhoods, covariates: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """Per-vertex test that the sites share the local covariance matrix (Box's M; in the spirit of
+    SAN's CovarF/CASH maps).
+
+    For vertex ``v`` with neighbourhood ``N(v)`` (e.g. its 1-ring, 7 vertices; :func:`ring_neighbourhoods`),
+    the residuals of the model ``1 + covariates + site`` at ``N(v)`` give each site's ``m x m``
+    covariance ``S_k`` (``n_k - 1`` degrees of freedom) and the pooled ``S``; Box's
+    ``M = (N - K) ln|S| - sum_k (n_k - 1) ln|S_k|`` with the chi-square approximation
+    ``(1 - c) M ~ chi2(m (m + 1) (K - 1) / 2)``,
+    ``c = (2m^2 + 3m - 1) / (6 (m + 1) (K - 1)) (sum_k 1/(n_k - 1) - 1/(N - K))``.
+    It tests equality of the local covariances (variances and spatial correlations) after the site
+    means are removed; it is sensitive to non-normality, as every covariance test. Vertices whose
+    neighbourhood holds a NaN feature, or a site with no more scans than ``m``, get NaN.
+
+    Returns ``statistic`` and ``p`` (n_vertices,), and ``df`` (n_vertices,).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    sites = np.asarray(sites).astype(str)
+    n, V = X.shape
+    labels, codes = np.unique(sites, return_inverse=True)
+    K = labels.size
+    full = np.column_stack([design_matrix(covariates, n), _site_dummies(sites)])
+    keep = complete_features(X)
+    R = np.full_like(X, np.nan)
+    R[:, keep] = _residuals(full, X[:, keep])
+    stat, p, df = np.full(V, np.nan), np.full(V, np.nan), np.full(V, np.nan)
+    nk = np.bincount(codes, minlength=K).astype(float)
+    by_size: dict[int, list[int]] = {}
+    for v, hood in enumerate(neighbourhoods):
+        if keep[hood].all():
+            by_size.setdefault(len(hood), []).append(v)
+    for m, verts in by_size.items():
+        if K < 2 or (nk <= m).any() or n - K <= m:
+            continue
+        hoods = np.stack([neighbourhoods[v] for v in verts])            # (B, m)
+        step = max(1, (64 * 2**20) // (8 * n * m))
+        for s in range(0, len(verts), step):
+            block, hb = np.asarray(verts[s:s + step]), hoods[s:s + step]
+            local = R[:, hb]                                              # (n, B, m)
+            logdet_sites, pooled = 0.0, 0.0
+            for k in range(K):
+                r = local[codes == k]
+                cov_k = np.einsum("nbi,nbj->bij", r, r) / (nk[k] - 1)     # site means are already removed
+                pooled = pooled + (nk[k] - 1) * cov_k
+                logdet_sites = logdet_sites + (nk[k] - 1) * np.linalg.slogdet(cov_k)[1]
+            pooled = pooled / (n - K)
+            M = (n - K) * np.linalg.slogdet(pooled)[1] - logdet_sites
+            c = (2 * m * m + 3 * m - 1) / (6.0 * (m + 1) * (K - 1)) * ((1.0 / (nk - 1)).sum() - 1.0 / (n - K))
+            dof = m * (m + 1) * (K - 1) / 2.0
+            stat[block] = (1 - c) * M
+            p[block] = stats.chi2.sf((1 - c) * M, dof)
+            df[block] = dof
+    return {"statistic": stat, "p": p, "df": df}
+
+
+def multivariate_site_metrics(X, sites, covariates: pd.DataFrame | None = None, faces: np.ndarray | None = None,
+                              alpha: float = 0.05) -> dict[str, float]:
+    """The benchmark's multivariate columns: ``kbet_rejection``, ``ilisi``, ``manova_pillai``, ``manova_p``
+    and, for vertex maps (``faces``), ``cov_het_frac``: the fraction of vertices whose 1-ring covariance
+    differs between sites (:func:`covariance_heterogeneity`, FDR ``alpha``)."""
+    out = {"kbet_rejection": kbet(X, sites, covariates)["kbet_rejection"],
+           "ilisi": lisi(X, sites, covariates)["ilisi"]}
+    manova = manova_site(X, sites, covariates)
+    out.update(manova_pillai=manova["manova_pillai"], manova_p=manova["manova_p"])
+    if faces is not None:
+        het = covariance_heterogeneity(X, sites, ring_neighbourhoods(faces, np.asarray(X).shape[1]), covariates)
+        out["cov_het_frac"] = _fdr_fraction(het["p"], alpha)
     return out

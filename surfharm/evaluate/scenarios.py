@@ -13,8 +13,9 @@ table, real data: no ground truth, site-effect and biology metrics only) and ``v
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -134,7 +135,7 @@ def simulated_data(config, name: str = "simulated", target_site: str | None = No
 
 
 def _register_presets() -> None:
-    """Register every simulation preset (on first use: surfharm.simulate imports from this package)."""
+    """Register every simulation preset (on first use: importing this module loads no simulator)."""
     from surfharm.simulate import presets
 
     for preset_name, factory in presets.PRESETS.items():
@@ -193,7 +194,8 @@ def roi_table_data(path, *, site_column: str = "site", subject_column: str = "su
     counts = out.loc[keep, "site"].value_counts()
     keep &= out["site"].isin(counts[counts >= min_scans_per_site].index).to_numpy()
     if keep.sum() == 0:
-        raise ValueError(f"{path}: no complete row left (features, age, sex) in a site with >= {min_scans_per_site} rows")
+        raise ValueError(f"{path}: no complete row left (features, age, sex) in a site with "
+                         f">= {min_scans_per_site} rows")
     out, X = out[keep].reset_index(drop=True), X[keep]
     age_columns = ["age"]
     if age_terms == "quadratic":
@@ -238,10 +240,10 @@ def cohort_data(cohort, *, covariate_columns=("age", "female"), age_columns=("ag
                          config={"scenario": "cohort", "name": name, "n_scans": int(X.shape[0])})
 
 
-# -- volumetric (3-D images, scored by surfharm.volumetric) --------------------------------------------
+# -- volumetric (3-D images, scored by surfharm.evaluate.volumetric_scenario) --------------------------
 
 def _run_volumetric(methods, seed: int = 0, **params) -> pd.DataFrame:
-    from surfharm.volumetric.scenario import build_volumetric_scenario, run_volumetric_benchmark
+    from surfharm.evaluate.volumetric_scenario import build_volumetric_scenario, run_volumetric_benchmark
 
     scenario = build_volumetric_scenario(**params) if params else None
     names = [m.name for m in methods] if methods else None
@@ -251,5 +253,5 @@ def _run_volumetric(methods, seed: int = 0, **params) -> pd.DataFrame:
 
 register_scenario("roi-table", "a user's ROI table (real data): site-effect and biology metrics only",
                   build=roi_table_data)
-register_scenario("volumetric", "3-D T1 images simulated from MNI152 (surfharm.volumetric), scored by its own "
-                  "metrics", run=_run_volumetric)
+register_scenario("volumetric", "3-D T1 images simulated from MNI152 (surfharm.simulate.volumes), scored by its "
+                  "own metrics", run=_run_volumetric)

@@ -1,7 +1,7 @@
 """The volumetric benchmark scenario: simulated traveling subjects, methods fitted and scored alike.
 
 :func:`build_volumetric_scenario` simulates traveling subjects (each scanned on every scanner) from
-the MNI152 template (:mod:`surfharm.volumetric.simulate`) and splits them by subject into training
+the MNI152 template (:mod:`surfharm.simulate.volumes`) and splits them by subject into training
 and test scans. :func:`score_volumetric` fits one method on the training scans, applies it to the
 test scans (new subjects: the fit/apply use of every method) and returns one row of metrics;
 :func:`run_volumetric_benchmark` does so for several methods, ``"none"`` (the scans as recorded)
@@ -9,7 +9,7 @@ first, so that "before" and "after" sit in one table.
 
 Every score is computed on the test scans inside the voxels common to all brain masks, after
 mapping each method's output to the truth's unit with one affine shared by all scans
-(:func:`surfharm.volumetric.metrics.calibrate_units`).
+(:func:`surfharm.evaluate.image_metrics.calibrate_units`).
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from surfharm.harmonize.base import Harmonizer, get
-from surfharm.volumetric import metrics
-from surfharm.volumetric.simulate import VolumetricCohort, simulate_volumetric_cohort
+from surfharm.evaluate import image_metrics as metrics
+from surfharm.harmonize.base import Harmonizer, get, side_data_for
+from surfharm.simulate.volumes import VolumetricCohort, simulate_volumetric_cohort
 
 #: The scanner-free template intensities lie in [0, 1]: the data range of PSNR and SSIM.
 TRUTH_RANGE = 1.0
@@ -77,22 +77,28 @@ def score_volumetric(method, scenario: VolumetricScenario, params: dict | None =
     if est is not None:
         # A covariate constant over the training scans (e.g. one sex) carries no information.
         covariates = [c for c in COVARIATES if train.table[c].nunique() > 1]
+        # Each method gets the side data it declares (masks; covariates for the voxel-wise ones).
+        fit_side = side_data_for(est, covariates=train.table[covariates], masks=train.masks)
+        transform_side = side_data_for(est, covariates=test.table[covariates], masks=test.masks)
         start = time.perf_counter()
-        est.fit(train.images, train.sites, train.table[covariates], masks=train.masks)
+        est.fit(train.images, sites=train.sites, **fit_side)
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
-        outputs = est.transform(test.images, test.sites, test.table[covariates], masks=test.masks)
+        outputs = est.transform(test.images, sites=test.sites, **transform_side)
         transform_s = time.perf_counter() - start
     masks = [scenario.mask] * len(outputs)
     calibrated, (gain, offset) = metrics.calibrate_units(outputs, test.truth, masks)
     distances = metrics.between_site_distances(calibrated, masks, test.sites)
-    ratio_errors = [abs(metrics.wm_gm_ratio(out, tis * scenario.mask) / metrics.wm_gm_ratio(tru, tis * scenario.mask) - 1)
+    ratio_errors = [abs(metrics.wm_gm_ratio(out, tis * scenario.mask)
+                        / metrics.wm_gm_ratio(tru, tis * scenario.mask) - 1)
                     for out, tru, tis in zip(calibrated, test.truth, test.tissue)]
     name = method if isinstance(method, str) else (getattr(est, "registry_name", "") or type(est).__name__)
     row = {
         "method": name,
-        "ssim": np.mean([metrics.ssim(o, t, scenario.mask, TRUTH_RANGE) for o, t in zip(calibrated, test.truth)]),
-        "psnr_db": np.mean([metrics.psnr(o, t, scenario.mask, TRUTH_RANGE) for o, t in zip(calibrated, test.truth)]),
+        "ssim": np.mean([metrics.ssim_volume(o, t, scenario.mask, TRUTH_RANGE)
+                         for o, t in zip(calibrated, test.truth)]),
+        "psnr_db": np.mean([metrics.psnr(o, t, scenario.mask, data_range=TRUTH_RANGE, clip=False)
+                            for o, t in zip(calibrated, test.truth)]),
         "mae": np.mean([metrics.mae(o, t, scenario.mask) for o, t in zip(calibrated, test.truth)]),
         "wasserstein_sites": distances["wasserstein"],
         "ks_sites": distances["ks"],
@@ -109,7 +115,7 @@ def run_volumetric_benchmark(methods=None, scenario: VolumetricScenario | None =
                              params: dict | None = None) -> pd.DataFrame:
     """Score ``"none"`` then every method of ``methods`` (default: all volumetric methods) on one
     scenario; ``params`` maps a method name to its keyword arguments. One row per method."""
-    from surfharm.volumetric import VOLUMETRIC_METHODS
+    from surfharm.harmonize.volumetric import VOLUMETRIC_METHODS
 
     scenario = scenario or build_volumetric_scenario()
     names = ["none"] + [m for m in (methods or VOLUMETRIC_METHODS) if m != "none"]

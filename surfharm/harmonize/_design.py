@@ -16,8 +16,9 @@ The fitted encoding is plain data (column names, levels, knots) stored in the mo
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,7 @@ def site_levels(sites: np.ndarray) -> list:
     labels = pd.unique(pd.Series(sites, dtype=object))
     if all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in labels):
         return sorted(int(s) for s in labels)
-    return sorted((str(s) for s in labels))
+    return sorted(str(s) for s in labels)
 
 
 def site_codes(sites: np.ndarray, levels: Sequence, *, what: str = "sites") -> np.ndarray:
@@ -185,7 +186,8 @@ def as_table(covariates, n_scans: int) -> pd.DataFrame:
                 "categorical columns are named and one-hot encoded")
         table = pd.DataFrame(arr.astype(float), columns=[f"x{i}" for i in range(arr.shape[1])])
     if len(table) != n_scans:
-        raise HarmonizerInputError(f"covariates have {len(table)} rows but X has {n_scans} scans; expected one row per scan")
+        raise HarmonizerInputError(f"covariates have {len(table)} rows but X has {n_scans} scans; "
+                                   "expected one row per scan")
     for col in table.columns:
         bad = np.flatnonzero(pd.isna(table[col]).to_numpy())
         if bad.size:

@@ -157,7 +157,8 @@ def _prior_grid_sums(n, mean, var_biased, prior_gamma, prior_delta, self_index, 
     node_g, basis_g = _chebyshev_nodes(g_lo, g_hi, p, prior_gamma[inside])
     node_s, basis_s = _chebyshev_nodes(s_lo, s_hi, q, np.log(prior_delta[inside]))
     h = np.stack([np.ones(inside.sum()), prior_gamma[inside], prior_delta[inside]], axis=1)
-    moments = torch.as_tensor(np.stack([(basis_g * h[:, [j]]).T @ basis_s for j in range(3)], axis=-1).reshape(p * q, 3))
+    moments = torch.as_tensor(np.stack([(basis_g * h[:, [j]]).T @ basis_s for j in range(3)],
+                                       axis=-1).reshape(p * q, 3))
     far = np.flatnonzero(~inside)
     far_g, far_d = torch.as_tensor(prior_gamma[far]), torch.as_tensor(prior_delta[far])
     far_values = torch.stack([torch.ones_like(far_g), far_g, far_d], dim=1)

@@ -34,11 +34,12 @@ from surfharm.harmonize import _design, _eb, _np_eb
 from surfharm.harmonize.base import (
     Harmonizer,
     HarmonizerInputError,
+    StateCheck,
     check_matrix_shape,
-    check_sites,
-    load_state,
+    check_n_features,
+    check_not_empty,
     register,
-    save_state,
+    require_sites,
 )
 
 #: Bytes of float64 working memory per tile of scans x features (each pass holds a few such tiles).
@@ -80,13 +81,13 @@ class ComBat(Harmonizer):
 
     Learned attributes (shapes: K sites, Q covariate columns, G features)
     ---------------------------------------------------------------------
-    sites_ : list of K labels;  site_counts_ : (K,) scans per site;  n_features_in_ : G
-    grand_mean_ : (G,);  covariate_coef_ : (Q, G);  var_pooled_ : (G,) (data units squared)
-    gamma_hat_, delta_hat_ : (K, G) least-squares site estimates (standardised units)
-    gamma_star_, delta_star_ : (K, G) the estimates applied
-    gamma_bar_, tau2_, a_prior_, b_prior_ : (K,) priors (NaN when not used)
-    unchanged_ : (G,) bool, features returned as given (constant, all NaN, or no residual variance)
-    nonparametric_info_ : list, per shrunk site, how non-parametric EB was evaluated (see ``_np_eb``)
+    ``sites_`` : list of K labels;  ``site_counts_`` : (K,) scans per site;  ``n_features_in_`` : G
+    ``grand_mean_`` : (G,);  ``covariate_coef_`` : (Q, G);  ``var_pooled_`` : (G,) (data units squared)
+    ``gamma_hat_``, ``delta_hat_`` : (K, G) least-squares site estimates (standardised units)
+    ``gamma_star_``, ``delta_star_`` : (K, G) the estimates applied
+    ``gamma_bar_``, ``tau2_``, ``a_prior_``, ``b_prior_`` : (K,) priors (NaN when not used)
+    ``unchanged_`` : (G,) bool, features returned as given (constant, all NaN, or no residual variance)
+    ``nonparametric_info_`` : list, per shrunk site, how non-parametric EB was evaluated (see ``_np_eb``)
     """
 
     def __init__(self, *, eb: bool = True, parametric: bool = True, mean_only: bool = False,
@@ -99,13 +100,17 @@ class ComBat(Harmonizer):
         self.spline_df = spline_df
 
     # -- fit ---------------------------------------------------------------------------------------
-    def fit(self, X, sites, covariates=None, **kwargs) -> "ComBat":
-        """Learn site effects from ``X`` (n_scans, n_features); NaN = missing. Returns self."""
-        if kwargs:
-            raise TypeError(f"ComBat.fit got unexpected arguments {sorted(kwargs)}")
+    fitted_attribute = "gamma_star_"
+
+    def fit(self, X, y=None, *, sites=None, covariates=None) -> "ComBat":
+        """Learn site effects from ``X`` (n_scans, n_features); NaN = missing. Returns self.
+
+        ``sites``: (n_scans,) one label per scan; ``covariates``: DataFrame (or array) of the
+        effects to keep, one row per scan; ``y`` is ignored.
+        """
         X = _check_matrix(X)
         n_scans, n_features = X.shape
-        sites = check_sites(sites, n_scans)
+        sites = require_sites(sites, n_scans, f"{type(self).__name__}.fit")
         self._fit_design(sites, covariates, n_scans)
         self._check_site_sizes()
         self._fit_site_effects(*self._location_scale_fit(X))
@@ -115,6 +120,7 @@ class ComBat(Harmonizer):
 
     def _fit_design(self, sites, covariates, n_scans) -> None:
         self.sites_ = _design.site_levels(sites)
+        self.adapted_sites_ = []
         codes = _design.site_codes(sites, self.sites_)
         self._site_design = _design.one_hot(codes, len(self.sites_))
         self.site_counts_ = self._site_design.sum(axis=0).astype(np.int64)
@@ -277,23 +283,42 @@ class ComBat(Harmonizer):
         self.nonparametric_info_.append(info)
         return gamma_star, delta_star
 
+    # -- a new site ---------------------------------------------------------------------------------
+    supports_adapt = True
+
+    def adapt(self, X, *, sites=None, covariates=None, replace: bool = False, priors: str = "own") -> "ComBat":
+        """Add the sites of ``X`` (scans of scanners not seen in training) to the fitted model; returns self.
+
+        The model is held fixed: each new site's location and scale are estimated from its own scans,
+        standardised by the stored grand mean, covariate coefficients and pooled variance, and shrunk
+        by empirical Bayes with that site's own hyperparameters (``priors="own"``, as a refit would
+        estimate them) or the training sites' average (``priors="training"``); see
+        :mod:`surfharm.harmonize._adapt`. The training scans' output does not change. Needs 2 scans
+        per new site (1 with ``mean_only``); a site already in the model is refused unless ``replace``.
+        The adapted sites are listed in ``adapted_sites_`` and saved with the model.
+        """
+        from surfharm.harmonize import _adapt
+
+        _adapt.adapt_combat(self, X, sites, covariates, replace=replace, priors=priors)
+        return self
+
     # -- transform ---------------------------------------------------------------------------------
-    def transform(self, X, sites, covariates=None, *, out=None, **kwargs) -> np.ndarray:
+    def transform(self, X, *, sites=None, covariates=None, out=None) -> np.ndarray:
         """Remove the fitted site effects from ``X`` (same shape, dtype and NaN pattern).
 
         ``out``: optional array (e.g. a writable ``np.memmap``) of X's shape to write into, so
         that neither the input nor the output of a large cohort has to fit in memory.
         """
-        self.check_is_fitted("gamma_star_")
+        return self._transform(X, sites, covariates, out)
+
+    def _transform(self, X, sites, covariates, out, **offset_data) -> np.ndarray:
+        self.check_is_fitted()
         X = _check_matrix(X)
-        if X.shape[1] != self.n_features_in_:
-            raise HarmonizerInputError(
-                f"X has {X.shape[1]} features but the model was fitted on {self.n_features_in_}; "
-                "use the same vertices/ROIs, in the same order")
-        sites = check_sites(sites, X.shape[0])
+        check_n_features(self, X)
+        sites = require_sites(sites, X.shape[0], f"{type(self).__name__}.transform")
         codes = _design.site_codes(sites, self.sites_)
         cov = self.encoder_.transform(covariates, X.shape[0])
-        offset = self._scan_offsets(X, codes, cov, covariates, **kwargs)
+        offset = self._scan_offsets(X, codes, cov, covariates, **offset_data)
         if out is None:
             out = np.empty(X.shape, dtype=X.dtype if X.dtype in (np.float32, np.float64) else np.float64)
         elif out.shape != X.shape:
@@ -308,6 +333,7 @@ class ComBat(Harmonizer):
             coef = self.covariate_coef_[:, block]
             unchanged = np.flatnonzero(self.unchanged_[block])
             for rows, tile in _row_blocks(X, block):
+                _refuse_inf(tile, rows, block)
                 site = codes[rows]
                 if unchanged.size:
                     kept = tile[:, unchanged]
@@ -330,28 +356,23 @@ class ComBat(Harmonizer):
                 out[rows, block] = tile
         return out
 
-    def _scan_offsets(self, X, codes, cov, covariates, **kwargs):
+    def _scan_offsets(self, X, codes, cov, covariates):
         """Scan-specific part of the mean beyond the covariates, as ``offset(rows, columns)``.
 
         None in ComBat (see LongComBat, where it is each subject's predicted intercept or line).
         """
-        if kwargs:
-            raise TypeError(f"{type(self).__name__}.transform got unexpected arguments {sorted(kwargs)}")
         return lambda rows, columns: 0
 
     # -- persistence -------------------------------------------------------------------------------
     _ARRAYS = ("grand_mean_", "covariate_coef_", "var_pooled_", "gamma_hat_", "delta_hat_", "gamma_star_",
                "delta_star_", "gamma_bar_", "tau2_", "a_prior_", "b_prior_", "unchanged_", "site_counts_")
 
-    def save(self, path):
-        """Write the fitted model to ``path`` (.npz with a JSON member; no pickle). Returns the path."""
-        self.check_is_fitted("gamma_star_")
+    def _get_state(self):
         arrays = {name: getattr(self, name) for name in self._state_arrays()}
-        metadata = {"method": self.registry_name, "class": type(self).__name__, "params": self._json_params(),
-                    "sites": list(self.sites_), "n_features": int(self.n_features_in_),
+        metadata = {"sites": list(self.sites_), "n_features": int(self.n_features_in_),
                     "reference_index": self.reference_index_, "covariates": self.encoder_.to_state(),
-                    **self._extra_metadata()}
-        return save_state(path, arrays, metadata)
+                    "adapted_sites": list(getattr(self, "adapted_sites_", [])), **self._extra_metadata()}
+        return arrays, metadata
 
     def _state_arrays(self) -> tuple[str, ...]:
         """Names of the learned arrays that ``save`` writes (may depend on the parameters)."""
@@ -360,31 +381,32 @@ class ComBat(Harmonizer):
     def _extra_metadata(self) -> dict[str, Any]:
         return {}
 
-    def _json_params(self) -> dict[str, Any]:
-        params = self.get_params()
-        params["smooth_terms"] = list(params["smooth_terms"])
-        return params
-
-    @classmethod
-    def load(cls, path) -> "ComBat":
-        """Read a model written by :meth:`save`."""
-        arrays, meta = load_state(path)
-        if meta.get("class") != cls.__name__:
-            raise ValueError(f"{path} holds a {meta.get('class')!r} model, not a {cls.__name__} model")
-        params = dict(meta["params"])
-        params["smooth_terms"] = tuple(params["smooth_terms"])
-        model = cls(**params)
-        for name in model._state_arrays():
-            setattr(model, name, arrays[name])
-        model.sites_ = list(meta["sites"])
-        model.n_features_in_ = int(meta["n_features"])
-        model.reference_index_ = meta["reference_index"]
-        model.encoder_ = _design.CovariateEncoder.from_state(meta["covariates"])
-        model._load_extra(arrays, meta)
-        return model
+    def _set_state(self, arrays, meta) -> None:
+        for name in self._state_arrays():
+            setattr(self, name, arrays[name])
+        self.sites_ = list(meta["sites"])
+        self.n_features_in_ = int(meta["n_features"])
+        self.reference_index_ = meta["reference_index"]
+        self.encoder_ = _design.CovariateEncoder.from_state(meta["covariates"])
+        self.adapted_sites_ = list(meta.get("adapted_sites", []))
+        self._load_extra(arrays, meta)
 
     def _load_extra(self, arrays, meta) -> None:
         pass
+
+    def _check_state(self, check: StateCheck) -> None:
+        n_sites, n_features = len(self.sites_), self.n_features_in_
+        used = ~check.shape("unchanged_", self.unchanged_, (n_features,)).astype(bool)
+        for name in ("grand_mean_", "var_pooled_"):
+            check.shape(name, getattr(self, name), (n_features,))
+        check.finite("grand_mean_", self.grand_mean_, used)
+        check.finite("var_pooled_", self.var_pooled_, used, positive=True)
+        check.shape("covariate_coef_", self.covariate_coef_, (None, n_features))
+        check.finite("covariate_coef_", self.covariate_coef_, used)
+        for name in ("gamma_star_", "delta_star_"):
+            check.shape(name, getattr(self, name), (n_sites, n_features))
+        check.finite("gamma_star_", self.gamma_star_, used)
+        check.finite("delta_star_", self.delta_star_, used, positive=True)
 
 
 # -- helpers shared by the passes over the data -------------------------------------------------------
@@ -420,6 +442,14 @@ class _BlockCounts:
         self.n_site, self.dtx, self.partial, self.missing_gram = n_site, dtx, partial, missing_gram
 
 
+def _refuse_inf(tile: np.ndarray, rows: slice, block: slice) -> None:
+    """Refuse inf in a tile of X (NaN marks missing values; a finite sum means neither is there)."""
+    if not np.isfinite(tile.sum()) and np.isinf(tile).any():
+        r, c = np.nonzero(np.isinf(tile))
+        raise HarmonizerInputError(
+            f"X holds inf at scan {rows.start + r[0]}, feature {block.start + c[0]}; use NaN for missing values")
+
+
 def _normal_equations(X, block: slice, site_design: np.ndarray, design: np.ndarray | None) -> _BlockCounts:
     """Refuse inf; count observed values per site; accumulate design' X (NaN as 0) for one feature block."""
     width = block.stop - block.start
@@ -440,10 +470,7 @@ def _normal_equations(X, block: slice, site_design: np.ndarray, design: np.ndarr
             if design is not None:
                 dtx += product
             continue
-        if np.isinf(tile).any():
-            r, c = np.nonzero(np.isinf(tile))
-            raise HarmonizerInputError(
-                f"X holds inf at scan {rows.start + r[0]}, feature {block.start + c[0]}; use NaN for missing values")
+        _refuse_inf(tile, rows, block)
         if n_missing is None:
             n_missing = np.zeros((site_design.shape[1], width))
             missing_gram = None if design is None else np.zeros((width, n_cols, n_cols))
@@ -520,19 +547,4 @@ def _chunks(X, scans=None, columns=None, copy=True):
 
 def _check_matrix(X):
     """A 2-D numeric array (a np.memmap stays a memmap: nothing is loaded here)."""
-    X = check_matrix_shape(X, allow_bool=False)
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise HarmonizerInputError(f"X is empty (shape {X.shape})")
-    return X
-
-
-def load_model(path) -> ComBat:
-    """Read any model of the ComBat family written by ``save`` (ComBat or LongComBat)."""
-    from surfharm.harmonize.base import get
-
-    _, meta = load_state(path)
-    method = meta.get("method")
-    cls = get(method) if method else None
-    if cls is None or not issubclass(cls, ComBat):
-        raise ValueError(f"{path} holds a {method!r} model, not one of the ComBat family")
-    return cls.load(path)
+    return check_not_empty(check_matrix_shape(X, allow_bool=False))

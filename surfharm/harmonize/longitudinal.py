@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from surfharm.harmonize import _design, _mixed
-from surfharm.harmonize.base import HarmonizerInputError, register
+from surfharm.harmonize.base import Harmonizer, HarmonizerInputError, register
 from surfharm.harmonize.combat import (
     ComBat,
     _check_matrix,
@@ -58,7 +58,7 @@ SLOPE_BLOCK_ELEMENTS = 2**19
 
 @register("combat-long")
 class LongComBat(ComBat):
-    """ComBat for repeated scans: ``fit(X, sites, covariates, subjects=...)``.
+    """ComBat for repeated scans: ``fit(X, sites=..., covariates=..., subjects=...)``.
 
     Same parameters as :class:`ComBat`, and ``random_slope``: the name of a numeric covariate
     column (e.g. ``"age"`` or ``"years_since_baseline"``) on which each subject gets its own random
@@ -71,8 +71,8 @@ class LongComBat(ComBat):
     intercepts (at time 0), their covariance with the slopes and the variance of the slopes, in data
     units and the time column's units; ``em_iterations_`` (G,) SQUAREM-EM cycles per feature;
     ``time_center_``, ``time_scale_`` (how time was standardised inside the fit). The time column is
-    also a fixed-effect covariate (every covariate column is). Features with partly missing values are not supported (all-NaN features, such as the medial
-    wall, are returned unchanged).
+    also a fixed-effect covariate (every covariate column is). Features with partly missing values are
+    not supported (all-NaN features, such as the medial wall, are returned unchanged).
     """
 
     def __init__(self, *, eb: bool = True, parametric: bool = True, mean_only: bool = False,
@@ -81,7 +81,18 @@ class LongComBat(ComBat):
                          smooth_terms=smooth_terms, spline_df=spline_df)
         self.random_slope = random_slope
 
-    def fit(self, X, sites, covariates=None, *, subjects=None) -> "LongComBat":
+    side_data = ("covariates", "subjects")
+    required_side_data = ("subjects",)
+    # A new site's location is a fixed effect estimated jointly with the subjects' random effects: refit.
+    supports_adapt = False
+    adapt = Harmonizer.adapt
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False   # features missing in some scans only are refused (all-NaN ones pass)
+        return tags
+
+    def fit(self, X, y=None, *, sites=None, covariates=None, subjects=None) -> "LongComBat":
         """Learn the mixed model and the site effects; ``subjects``: (n_scans,) one label per scan. Returns self."""
         X = _check_matrix(X)
         self._subjects = _check_subjects(subjects, X.shape[0])
@@ -89,21 +100,15 @@ class LongComBat(ComBat):
             self._time = _time_column(covariates, self.random_slope, X.shape[0])
             _check_slope_identifiable(self._time, self._subjects, self.random_slope)
         try:
-            return super().fit(X, sites, covariates)
+            return super().fit(X, sites=sites, covariates=covariates)
         finally:
             del self._subjects
             self.__dict__.pop("_time", None)
 
     def _location_scale_fit(self, X):
-        n_scans = X.shape[0]
         n_site = _observed_per_site(X, self._site_design)
         n_obs = n_site.sum(axis=0)
-        partial = (n_obs > 0) & (n_obs < n_scans)
-        if partial.any():
-            g = int(np.flatnonzero(partial)[0])
-            raise HarmonizerInputError(
-                f"LongComBat needs complete data: feature {g} (and {int(partial.sum()) - 1} more) has missing values in "
-                "some scans; drop those features or scans (features missing in every scan are fine)")
+        _refuse_partly_missing(X, n_obs)
         if self.random_slope is not None:
             return self._slope_fit(X, n_site, n_obs)
         return self._intercept_fit(X, n_site, n_obs)
@@ -365,9 +370,12 @@ class LongComBat(ComBat):
         return b0, b1
 
     # -- transform -----------------------------------------------------------------------------------
-    def _scan_offsets(self, X, codes, cov, covariates, subjects=None, **kwargs):
-        if kwargs:
-            raise TypeError(f"LongComBat.transform got unexpected arguments {sorted(kwargs)}")
+    def transform(self, X, *, sites=None, covariates=None, subjects=None, out=None) -> np.ndarray:
+        """Remove the site effects; each scan's subject line (``subjects``) is kept. Same shape as ``X``."""
+        _refuse_partly_missing(_check_matrix(X))
+        return self._transform(X, sites, covariates, out, subjects=subjects)
+
+    def _scan_offsets(self, X, codes, cov, covariates, subjects=None):
         subjects = _check_subjects(subjects, X.shape[0])
         subject_ids, subject_codes = np.unique(subjects, return_inverse=True)
         if self.random_slope is not None:
@@ -446,6 +454,20 @@ def _check_slope_identifiable(time: np.ndarray, subjects: np.ndarray, name: str)
             f"random_slope={name!r} needs at least 2 subjects scanned at 2 or more different {name!r} values "
             f"to estimate how slopes vary between subjects; {n_slopes} subject(s) are. Use random_slope=None "
             "(subject random intercept only)")
+
+
+def _refuse_partly_missing(X, n_observed=None) -> None:
+    """Refuse features observed in some scans but not all (all-NaN features, e.g. the medial wall, pass)."""
+    if n_observed is None:
+        n_observed = np.zeros(X.shape[1], dtype=np.int64)
+        for _rows, chunk in _chunks(X):
+            n_observed += (~np.isnan(chunk)).sum(axis=0)
+    partial = (n_observed > 0) & (n_observed < X.shape[0])
+    if partial.any():
+        g = int(np.flatnonzero(partial)[0])
+        raise HarmonizerInputError(
+            f"LongComBat needs complete data: feature {g} (and {int(partial.sum()) - 1} more) has missing values (NaN) "
+            "in some scans; drop those features or scans (features missing in every scan are fine)")
 
 
 def _observed_per_site(X, site_design) -> np.ndarray:

@@ -44,19 +44,18 @@ metadata (sites, level, configuration, training history, package version) in its
 from __future__ import annotations
 
 import contextlib
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from surfharm.harmonize.base import Harmonizer, HarmonizerInputError, check_data, check_sites, register
+from spherical_ops import VERTEX_COUNTS, level_of
+from surfharm.harmonize import _location_scale as ls
+from surfharm.harmonize.base import Harmonizer, HarmonizerInputError, StateCheck, check_data, register, require_sites
 from surfharm.models import LossWeights, SphericalGenerator, masked_pearson
 
 MODEL_FORMAT = "surfharm-s2sgan"
-#: Vertex counts of icosahedral levels 0..7.
-_LEVEL_VERTICES = {10 * 4 ** k + 2: k for k in range(8)}
 DIRECTIONS = ("forward", "reverse")
 
 
@@ -68,7 +67,7 @@ class S2SGAN(Harmonizer):
     ----------
     source, target : site labels
         Scans of ``source`` are mapped to ``target``'s appearance. Default: of the two sites in
-        ``fit``, the first in sorted order is the target. ``fit(..., source=, target=)`` overrides.
+        ``fit``, the first in sorted order is the target.
     condition_on : tuple of str
         Covariate columns (of the DataFrame given to ``fit``/``transform``) fed to generators and
         discriminators as constant channels after standardisation, e.g. ``("age",)`` for infants.
@@ -112,7 +111,7 @@ class S2SGAN(Harmonizer):
     mean_, std_ : (2, V) per-site per-vertex statistics (mm), rows in ``sites_`` order
     mask_ : (V,) bool, vertices finite in every training scan and not constant across them
     cond_mean_, cond_std_ : (n_cond,) standardisation of ``condition_on``
-    keep_center_ : (n_keep,) training means of ``keep_covariates``;  keep_beta_ : (2, n_keep, V) their
+    keep_center_ : (n_keep,) training means of ``keep_covariates``;  ``keep_beta_`` : (2, n_keep, V) their
         within-site slopes (mm per unit) for the source and the target, equal with "pooled" slopes,
         0 outside ``mask_``
     output_mean_, output_std_ : (2, V) or None, with ``calibrate``: per-vertex mean and standard
@@ -173,14 +172,17 @@ class S2SGAN(Harmonizer):
                               max_steps=self.max_steps, schedule=self.schedule, pool_size=int(self.pool_size),
                               weights=weights, seed=int(self.seed))
 
-    def fit(self, X, sites, covariates=None, *, source=None, target=None) -> "S2SGAN":
+    model_suffix = ".safetensors"
+    fitted_attribute = "generator_xy_"
+
+    def fit(self, X, y=None, *, sites=None, covariates=None) -> "S2SGAN":
         """Train on the scans of exactly two sites. X: (n_scans, V) in mm, NaN outside cortex."""
         from surfharm.training import CycleGANTrainer
 
         X = check_data(X, dtype=np.float32)
-        sites = check_sites(sites, X.shape[0])
+        sites = require_sites(sites, X.shape[0], "S2SGAN.fit")
         level = _level_of(X.shape[1])
-        self.sites_ = self._choose_sites(sites, source, target)
+        self.sites_ = self._choose_sites(sites, self.source, self.target)
         cond = self._fit_conditions(covariates, X.shape[0])
         rows = [np.flatnonzero(sites == s) for s in self.sites_]
         for site, r in zip(self.sites_, rows):
@@ -197,12 +199,7 @@ class S2SGAN(Harmonizer):
         kept = self._fit_covariate_effects(X, covariates, rows, train_rows)
         if kept is not None:
             X = X - kept
-        with warnings.catch_warnings():  # all-NaN columns (medial wall) give NaN, masked just below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            self.mean_ = np.stack([np.nanmean(X[r], axis=0) for r in train_rows]).astype(np.float32)
-            self.std_ = np.stack([np.nanstd(X[r], axis=0) for r in train_rows]).astype(np.float32)
-        self.mean_[:, ~self.mask_] = 0.0
-        self.std_ = np.where(self.mask_, np.maximum(self.std_, self.min_std_mm), 1.0).astype(np.float32)
+        self.mean_, self.std_ = ls.masked_site_normalisation(X, train_rows, self.mask_, self.min_std_mm)
         self.level_, self.n_features_in_ = level, X.shape[1]
 
         domains = [self._domain(X[r], i, None if cond is None else cond[r]) for i, r in enumerate(train_rows)]
@@ -237,18 +234,13 @@ class S2SGAN(Harmonizer):
         for domain, rows in enumerate(train_rows):
             z = np.concatenate([self._generator_z(X[r], domain, None if cond is None else cond[r])
                                 for r in np.array_split(rows, max(1, -(-len(rows) // 8)))])  # (n, V)
-            mask = np.isfinite(X[rows]) & self.mask_
-            count = np.maximum(mask.sum(axis=0), 1)
-            mean = np.where(mask, z, 0.0).sum(axis=0) / count
-            var = np.where(mask, (z - mean) ** 2, 0.0).sum(axis=0) / count
-            means.append(np.where(self.mask_, mean, 0.0))
-            stds.append(np.where(self.mask_, np.maximum(np.sqrt(var), floor), 1.0))
+            mean, std = ls.masked_mean_std(z, np.isfinite(X[rows]) & self.mask_, self.mask_, floor)
+            means.append(mean)
+            stds.append(std)
         self.output_mean_ = np.stack(means).astype(np.float32)
         self.output_std_ = np.stack(stds).astype(np.float32)
 
     def _choose_sites(self, sites, source, target) -> list:
-        source = self.source if source is None else source
-        target = self.target if target is None else target
         present = list(pd.unique(sites))
         for name, value in (("source", source), ("target", target)):
             if value is not None and value not in present:
@@ -284,13 +276,12 @@ class S2SGAN(Harmonizer):
         groups = [list(train_rows)] if self.covariate_slopes == "pooled" else [[r] for r in train_rows]
         betas = []
         for group in groups:                            # all sites together, or one site at a time
-            design = np.concatenate([values[r] - values[r].mean(axis=0) for r in group])      # within-site
-            maps = np.concatenate([X[r][:, self.mask_] - X[r][:, self.mask_].mean(axis=0) for r in group])
-            if np.linalg.matrix_rank(design) < len(names):
+            beta = ls.within_site_slopes(values, X, group, self.mask_)                        # (p, V_mask)
+            if beta is None:
                 where = "within the sites" if len(group) > 1 else f"within site {self.sites_[len(betas)]!r}"
                 raise HarmonizerInputError(f"keep_covariates {names} do not vary independently {where} "
                                            "(a column is constant within each site, or columns are collinear)")
-            betas.append(np.linalg.lstsq(design, maps.astype(np.float64), rcond=None)[0])    # (p, V_mask)
+            betas.append(beta)
         self.keep_center_ = values[np.concatenate(train_rows)].mean(axis=0).astype(np.float32)
         for domain in range(2):
             self.keep_beta_[domain][:, self.mask_] = betas[domain if len(betas) == 2 else 0]
@@ -302,7 +293,7 @@ class S2SGAN(Harmonizer):
     def _covariate_part(self, values: np.ndarray, domain: int) -> np.ndarray:
         """(n, V) float32 mm: the kept covariates' part of each map by site ``domain``'s slopes (0 outside
         the mask)."""
-        return ((values - self.keep_center_) @ self.keep_beta_[domain]).astype(np.float32)
+        return ls.covariate_part(values, self.keep_center_, self.keep_beta_[domain])
 
     def _fit_conditions(self, covariates, n_scans: int):
         names = list(self.condition_on)
@@ -346,9 +337,7 @@ class S2SGAN(Harmonizer):
 
     def _normalise(self, X: np.ndarray, domain: int) -> tuple[np.ndarray, np.ndarray]:
         """(n, V) mm -> z-scored (n, V) with 0 outside the mask, and the (n, V) bool mask."""
-        mask = np.isfinite(X) & self.mask_
-        z = (np.where(mask, X, 0.0) - self.mean_[domain]) / self.std_[domain]
-        return np.where(mask, z, 0.0).astype(np.float32), mask
+        return ls.zscore_inside(X, self.mean_[domain], self.std_[domain], self.mask_)
 
     def _domain(self, X, domain: int, cond):
         from surfharm.training import DomainData
@@ -374,7 +363,10 @@ class S2SGAN(Harmonizer):
             self.generator_xy_, self.generator_yx_ = trainer.generators.g_xy, trainer.generators.g_yx
             src, tgt = val_rows
             scores: dict[str, float] = {}
-            c = (lambda r: None if cond is None else cond[r])
+
+            def c(r):
+                return None if cond is None else cond[r]
+
             with _eval_mode(trainer.generators):
                 if len(src):
                     fake = self._generate(X[src], 0, c(src))
@@ -389,25 +381,28 @@ class S2SGAN(Harmonizer):
         return validate
 
     # -- transform ------------------------------------------------------------------------------------
-    def transform(self, X, sites, covariates=None, *, direction: str = "forward", batch_size: int = 8) -> np.ndarray:
+    def transform(self, X, *, sites=None, covariates=None, direction: str = "forward",
+                  batch_size: int = 8) -> np.ndarray:
         """Map source-site scans to the target's appearance (``direction="forward"``) or target-site
         scans to the source's (``"reverse"``); scans of the other site are returned unchanged.
 
-        X: (n_scans, V) mm, NaN outside cortex (kept NaN). Returns float32 (n_scans, V).
+        X: (n_scans, V) mm, NaN outside cortex (kept NaN). Returns (n_scans, V) in X's float dtype
+        (the networks run in float32).
         """
         self.check_is_fitted("generator_xy_")
         if direction not in DIRECTIONS:
             raise HarmonizerInputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        dtype = check_data(X).dtype                # float64 maps come back as float64
         X = check_data(X, dtype=np.float32)
         if X.shape[1] != self.n_features_in_:
             try:
                 found = f"level {_level_of(X.shape[1])}"
             except HarmonizerInputError:
                 found = "no icosahedral level"
-            raise HarmonizerInputError(f"X has {X.shape[1]} vertices ({found}) but this model was trained at level "
-                                       f"{self.level_} ({self.n_features_in_} vertices); resample the maps or "
-                                       "train a model at this level")
-        sites = check_sites(sites, X.shape[0])
+            raise HarmonizerInputError(f"X has {X.shape[1]} features ({found}), but S2SGAN is expecting "
+                                       f"{self.n_features_in_} features as input (level {self.level_}, the level "
+                                       "it was trained at); resample the maps or train a model at this level")
+        sites = require_sites(sites, X.shape[0], "S2SGAN.transform")
         unknown = sorted({str(s) for s in sites if s not in self.sites_})
         if unknown:
             raise HarmonizerInputError(f"site(s) {unknown} are not in this model, which maps {self.sites_[0]!r} "
@@ -429,15 +424,15 @@ class S2SGAN(Harmonizer):
             part_in = 0.0 if kept is None else self._covariate_part(kept[r], moving)
             part_out = 0.0 if kept is None else self._covariate_part(kept[r], 1 - moving)
             out[r] = self._generate(X[r] - part_in, moving, None if cond is None else cond[r]) + part_out
-        return out
+        return out.astype(dtype, copy=False)
 
     def _generate(self, X: np.ndarray, domain: int, cond) -> np.ndarray:
         """Maps of site ``domain`` (0 source, 1 target) -> the other site's appearance, in mm."""
         fake = self._generator_z(X, domain, cond)
         if getattr(self, "output_mean_", None) is not None:
-            fake = (fake - self.output_mean_[domain]) / self.output_std_[domain]
+            fake = ls.standardize(fake, self.output_mean_[domain], self.output_std_[domain])
         other = 1 - domain
-        mm = fake * self.std_[other] + self.mean_[other]
+        mm = ls.unstandardize(fake, self.mean_[other], self.std_[other])
         mask = np.isfinite(X) & self.mask_
         return np.where(mask, mm, X).astype(np.float32)   # outside the mask: unchanged (NaN stays NaN)
 
@@ -450,12 +445,18 @@ class S2SGAN(Harmonizer):
             c = None if cond is None else torch.from_numpy(cond).to(device)
             return generator(torch.from_numpy(z)[:, None].to(device), c)[:, 0].float().cpu().numpy()
 
-    # -- save / load ----------------------------------------------------------------------------------
-    def save(self, path) -> Path:
-        """Write the model to ``path`` (``.safetensors``, with a ``.json`` copy of its metadata)."""
-        from surfharm.training import write_safetensors
+    # -- model file ------------------------------------------------------------------------------------
+    def _file_params(self) -> dict:
+        # Where a model was trained and how its training was checkpointed do not belong to the model:
+        # a loaded model runs on the CPU unless load(..., device="cuda") says otherwise.
+        params = super()._file_params()
+        for name in ("checkpoint_dir", "resume", "progress", "device"):
+            params.pop(name)
+        return params
 
-        self.check_is_fitted("generator_xy_")
+    def _get_state(self):
+        import surfharm
+
         tensors = {f"generator_xy.{k}": v for k, v in self.generator_xy_.state_dict().items()}
         tensors.update({f"generator_yx.{k}": v for k, v in self.generator_yx_.state_dict().items()})
         tensors.update({"mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
@@ -467,58 +468,64 @@ class S2SGAN(Harmonizer):
             tensors.update({"output_mean": torch.from_numpy(self.output_mean_),
                             "output_std": torch.from_numpy(self.output_std_)})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        import surfharm
-
-        params = {k: v for k, v in self.get_params().items() if k not in ("checkpoint_dir", "resume", "progress")}
-        params["condition_on"] = list(self.condition_on)
-        params["keep_covariates"] = list(self.keep_covariates)
         meta = {"format": MODEL_FORMAT, "format_version": 1, "surfharm_version": surfharm.__version__,
                 "sites": self.sites_, "level": self.level_, "n_features": self.n_features_in_,
-                "params": params, "history": self.history_}
-        return write_safetensors(path, tensors, meta)
+                "history": self.history_}
+        return tensors, meta
 
-    @classmethod
-    def load(cls, path, device: str = "cpu") -> "S2SGAN":
-        """Read a model written by :meth:`save`; errors name the file and what is wrong."""
-        from surfharm.training import read_safetensors
-
-        tensors, meta = read_safetensors(path, expected_format=MODEL_FORMAT)
-        params = dict(meta["params"])
-        params["condition_on"] = tuple(params.get("condition_on", ()))
-        params["keep_covariates"] = tuple(params.get("keep_covariates", ()))
-        params["device"] = device
-        model = cls(**params)
-        model.sites_, model.level_, model.n_features_in_ = meta["sites"], int(meta["level"]), int(meta["n_features"])
-        model.history_ = meta.get("history", [])
-        model.mean_, model.std_ = tensors["mean"].numpy(), tensors["std"].numpy()
-        model.mask_ = tensors["mask"].numpy().astype(bool)
-        model.cond_mean_, model.cond_std_ = tensors["cond_mean"].numpy(), tensors["cond_std"].numpy()
-        model.output_mean_ = tensors["output_mean"].numpy() if "output_mean" in tensors else None
-        n_keep = len(model.keep_covariates)
-        model.keep_center_ = (tensors["keep_center"].numpy() if "keep_center" in tensors
-                              else np.zeros(n_keep, np.float32))
-        model.keep_beta_ = (tensors["keep_beta"].numpy() if "keep_beta" in tensors
-                            else np.zeros((2, n_keep, model.n_features_in_), np.float32))
-        if model.keep_beta_.ndim == 2:                  # files written before per-site slopes: pooled
-            model.keep_beta_ = np.stack([model.keep_beta_, model.keep_beta_])
-        model.output_std_ = tensors["output_std"].numpy() if "output_std" in tensors else None
-        config = model.training_config(model.level_)
+    def _set_state(self, arrays, meta) -> None:
+        if meta.get("format") != MODEL_FORMAT:
+            raise HarmonizerInputError(f"model metadata names format {meta.get('format')!r}; expected {MODEL_FORMAT!r}")
+        self.sites_, self.level_, self.n_features_in_ = meta["sites"], int(meta["level"]), int(meta["n_features"])
+        self.history_ = meta.get("history", [])
+        self.mean_, self.std_ = arrays["mean"], arrays["std"]
+        self.mask_ = arrays["mask"].astype(bool)
+        self.cond_mean_, self.cond_std_ = arrays["cond_mean"], arrays["cond_std"]
+        self.output_mean_ = arrays.get("output_mean")
+        self.output_std_ = arrays.get("output_std")
+        n_keep = len(self.keep_covariates)
+        self.keep_center_ = arrays.get("keep_center", np.zeros(n_keep, np.float32))
+        self.keep_beta_ = arrays.get("keep_beta", np.zeros((2, n_keep, self.n_features_in_), np.float32))
+        if self.keep_beta_.ndim == 2:                  # files written before per-site slopes: pooled
+            self.keep_beta_ = np.stack([self.keep_beta_, self.keep_beta_])
+        config = self.training_config(self.level_)
         for name in ("generator_xy", "generator_yx"):
-            net = SphericalGenerator(1, model.level_, cond_channels=config.cond_channels, depth=config.depth,
+            net = SphericalGenerator(1, self.level_, cond_channels=config.cond_channels, depth=config.depth,
                                      base_channels=config.base_channels, residual=config.residual)
-            net.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
-            setattr(model, f"{name}_", net.to(device).eval())
-        return model
+            weights = {k[len(name) + 1:]: torch.from_numpy(v.copy()) for k, v in arrays.items()
+                       if k.startswith(name + ".")}
+            missing, unexpected = net.load_state_dict(weights, strict=False)
+            if missing or unexpected:
+                raise KeyError(f"{name} weights {sorted(missing)[:3] or sorted(unexpected)[:3]} (shape or "
+                               f"architecture differs from the parameters in the file)")
+            setattr(self, f"{name}_", net.to(self.device).eval())
+
+    def _check_state(self, check: StateCheck) -> None:
+        shape = (2, self.n_features_in_)
+        check.shape("mask", self.mask_, (self.n_features_in_,))
+        for name in ("mean", "std"):
+            check.shape(name, getattr(self, name + "_"), shape)
+        check.finite("mean", self.mean_, self.mask_)
+        check.finite("std", self.std_, self.mask_, positive=True)
+        for network in ("generator_xy", "generator_yx"):
+            for key, value in getattr(self, network + "_").state_dict().items():
+                if value.is_floating_point():
+                    check.finite(f"{network}.{key}", value.detach().float().cpu().numpy())
+        if self.output_mean_ is not None:
+            check.finite("output_mean", self.output_mean_, np.broadcast_to(self.mask_, shape))
+            check.finite("output_std", self.output_std_, np.broadcast_to(self.mask_, shape), positive=True)
 
 
 # -- helpers --------------------------------------------------------------------------------------------
 
 def _level_of(n_vertices: int) -> int:
-    if n_vertices not in _LEVEL_VERTICES:
+    """:func:`spherical_ops.level_of` with S2SGAN's message and its minimum level, as HarmonizerInputError."""
+    try:
+        level = level_of(n_vertices)
+    except ValueError:
         raise HarmonizerInputError(
             f"S2SGAN works on icosahedral maps; got {n_vertices} vertices, expected one of "
-            f"{', '.join(str(v) for v in sorted(_LEVEL_VERTICES))} (levels 0-7; fsaverage5 = 10242)")
-    level = _LEVEL_VERTICES[n_vertices]
+            f"{', '.join(str(v) for v in VERTEX_COUNTS)} (levels 0-7; fsaverage5 = 10242)") from None
     if level < 2:
         raise HarmonizerInputError(f"S2SGAN needs icosahedral level >= 2, got level {level} ({n_vertices} vertices)")
     return level

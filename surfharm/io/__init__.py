@@ -15,12 +15,13 @@ from surfharm.io.dispatch import (
     write_map,
     write_surface,
 )
-from surfharm.io.errors import InputFileError, InputTableError
+from surfharm.io.errors import InputFileError, InputTableError, InputValueError
 from surfharm.io.freesurfer import (
-    cortex_mask,
     iter_mgh_frames,
     mgh_shape,
+    open_mgh_output,
     read_annot,
+    read_cortex_mask,
     read_curv,
     read_fs_surface,
     read_label,
@@ -36,9 +37,10 @@ from surfharm.io.surface import Annotation, Surface
 from surfharm.io.tables import join_covariates, read_roi_table, read_table
 
 __all__ = [
-    "Annotation", "InputFileError", "InputTableError", "Surface",
-    "check_same_hemi", "cortex_mask", "detect_format", "hemi_of", "iter_mgh_frames", "join_covariates",
-    "mgh_shape", "read_annot", "read_curv", "read_fs_surface", "read_fsgd", "read_gifti_maps",
+    "Annotation", "InputFileError", "InputTableError", "InputValueError", "Surface",
+    "check_same_hemi", "detect_format", "hemi_of", "iter_mgh_frames", "join_covariates",
+    "mgh_shape", "open_mgh_output", "read_annot", "read_cortex_mask", "read_curv", "read_fs_surface", "read_fsgd",
+    "read_gifti_maps",
     "read_gifti_surface", "read_label", "read_map", "read_maps", "read_mgh", "read_roi_table",
     "read_surface", "read_table", "write_annot", "write_curv", "write_fs_surface", "write_fsgd",
     "write_gifti_map", "write_gifti_surface", "write_map", "write_mgh", "write_surface",

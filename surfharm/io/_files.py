@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import mmap
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from surfharm.io.errors import InputFileError
 
@@ -21,6 +22,8 @@ def existing_file(path: str | os.PathLike) -> Path:
         raise InputFileError(f"{p}: file does not exist")
     if not p.is_file():
         raise InputFileError(f"{p}: is not a regular file (a folder?)")
+    if p.stat().st_size == 0:
+        raise InputFileError(f"{p}: empty file (0 bytes); expected its data (was it written completely?)")
     return p
 
 
@@ -71,3 +74,15 @@ def plain_copy(path: Path) -> Iterator[Path]:
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise InputFileError(f"{path}: corrupt or truncated gzip data ({exc})") from None
         yield plain
+
+
+def release_pages(array) -> None:
+    """Let the kernel take back the resident pages of a shared memory map (``np.memmap`` in mode
+    'r', 'r+' or 'w+'): its data stay in the file and are read again when next touched. A no-op for
+    anything else. Keeps the resident memory of a pass over a large memory-mapped cohort small."""
+    handle = getattr(array, "_mmap", None)
+    if handle is None or getattr(array, "mode", None) not in ("r", "r+", "w+") or not hasattr(handle, "madvise"):
+        return
+    if array.mode != "r":
+        handle.flush()
+    handle.madvise(mmap.MADV_DONTNEED)

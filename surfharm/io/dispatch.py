@@ -25,6 +25,9 @@ def detect_format(path: str | os.PathLike) -> str:
     if name.endswith(".label"):
         return "label"
     head = head_bytes(path, 15)
+    if not head:
+        raise InputFileError(f"{path}: empty file (gzip stream with no content); expected a FreeSurfer curv/"
+                             "surface/MGH/annot/label file or GIfTI")
     if head[:3] == freesurfer.CURV_MAGIC:
         return "curv" if freesurfer._looks_like_curv(path) else "surface"
     if head[:3] in (freesurfer.TRIANGLE_MAGIC, freesurfer.QUAD_MAGIC):

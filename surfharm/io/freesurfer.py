@@ -7,9 +7,11 @@ Writers go through :func:`surfharm._atomic.atomic_path`: atomic, never over an i
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -90,7 +92,8 @@ def read_fs_surface(path: str | os.PathLike) -> Surface:
         try:
             vertices, faces = fsio.read_geometry(str(plain))
         except Exception as exc:  # nibabel raises ValueError/IndexError on short reads
-            raise InputFileError(f"{path}: truncated or corrupt FreeSurfer surface ({type(exc).__name__}: {exc})") from None
+            raise InputFileError(f"{path}: truncated or corrupt FreeSurfer surface "
+                                 f"({type(exc).__name__}: {exc})") from None
     return validate_surface(vertices, faces, str(path))
 
 
@@ -200,6 +203,57 @@ def write_mgh(path: str | os.PathLike, values, *, like: str | os.PathLike | None
     return Path(path)
 
 
+@contextlib.contextmanager
+def open_mgh_output(path: str | os.PathLike, n_frames: int, n_vertices: int, *,
+                    like: str | os.PathLike | None = None, inputs=(), overwrite: bool = True,
+                    workdir: str | os.PathLike | None = None):
+    """Write a stacked float32 MGH/MGZ of (n_frames, n_vertices) without holding it in memory.
+
+    Yields a writable (n_frames, n_vertices) array to fill (e.g. ``ComBat.transform(..., out=it)``):
+    for ``.mgh`` a memory map of the data of the (temporary) output file itself, for ``.mgz`` a
+    temporary ``.npy`` memory map in ``workdir`` (default: the output's folder) that is compressed
+    into the file frame block by frame block on exit. The file appears atomically, only when the
+    block ends without an error, and never over an input. ``like``: an MGH/MGZ whose affine is copied.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith((".mgh", ".mgz")):
+        raise ValueError(f"{path}: a stacked map is written as .mgh or .mgz")
+    header = _mgh_header_for(n_frames, n_vertices, like)
+    with atomic_path(path, inputs=(*inputs, like), overwrite=overwrite) as tmp:
+        if path.name.lower().endswith(".mgh"):
+            with open(tmp, "wb") as fh:
+                header.writehdr_to(fh)
+                fh.truncate(MGH_HEADER_BYTES + 4 * n_frames * n_vertices)
+            data = np.memmap(tmp, dtype=">f4", mode="r+", offset=MGH_HEADER_BYTES, shape=(n_frames, n_vertices))
+            yield data
+            data.flush()
+            del data
+            with open(tmp, "r+b") as fh:
+                header.writeftr_to(fh)
+            return
+        with tempfile.TemporaryDirectory(prefix=".surfharm-", dir=workdir or path.parent) as scratch:
+            data = np.lib.format.open_memmap(Path(scratch) / "frames.npy", mode="w+", dtype=np.float32,
+                                             shape=(n_frames, n_vertices))
+            yield data
+            with gzip.open(tmp, "wb", compresslevel=6) as fh:
+                header.writehdr_to(fh)
+                fh.write(bytes(MGH_HEADER_BYTES - fh.tell()))  # the header block is zero-padded
+                step = max(1, (16 << 20) // max(4 * n_vertices, 1))
+                for start in range(0, n_frames, step):
+                    fh.write(np.asarray(data[start:start + step], dtype=">f4").tobytes())
+                header.writeftr_to(fh)
+            del data
+
+
+def _mgh_header_for(n_frames: int, n_vertices: int, like) -> "nib.freesurfer.mghformat.MGHHeader":
+    """The header nibabel writes for a float32 (V, 1, 1, n_frames) surface MGH, built without data."""
+    affine = np.eye(4) if like is None else _mgh_affine(existing_file(like))
+    shape = (n_vertices, 1, 1, n_frames) if n_frames > 1 else (n_vertices, 1, 1)
+    image = nib.MGHImage(np.broadcast_to(np.float32(0), shape), affine)
+    image.update_header()
+    return image.header
+
+
 # -- annotations and labels ------------------------------------------------------------------------
 
 def read_annot(path: str | os.PathLike) -> Annotation:
@@ -209,7 +263,8 @@ def read_annot(path: str | os.PathLike) -> Annotation:
         try:
             labels, ctab, names = fsio.read_annot(str(plain))
         except Exception as exc:
-            raise InputFileError(f"{path}: truncated or corrupt FreeSurfer annotation ({type(exc).__name__}: {exc})") from None
+            raise InputFileError(f"{path}: truncated or corrupt FreeSurfer annotation "
+                                 f"({type(exc).__name__}: {exc})") from None
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size == 0 or labels.max() >= len(names):
@@ -234,7 +289,8 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = existing_file(path)
     text = read_all_bytes(path)
     if not text.startswith(b"#"):
-        raise InputFileError(f"{path}: not a FreeSurfer label file (expected a first line starting with '#!ascii label')")
+        raise InputFileError(f"{path}: not a FreeSurfer label file "
+                             "(expected a first line starting with '#!ascii label')")
     with plain_copy(path) as plain:
         try:
             vertices, values = fsio.read_label(str(plain), read_scalars=True)
@@ -243,7 +299,7 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(vertices, dtype=np.int64), np.asarray(values, dtype=np.float64)
 
 
-def cortex_mask(source, n_vertices: int | None = None) -> np.ndarray:
+def read_cortex_mask(source, n_vertices: int | None = None) -> np.ndarray:
     """Boolean (V,) mask, True on cortex, from an annotation or a label (e.g. ``lh.cortex.label``).
 
     ``source``: an :class:`Annotation`, or a path to ``.annot`` (regions named in
@@ -256,10 +312,11 @@ def cortex_mask(source, n_vertices: int | None = None) -> np.ndarray:
         path = Path(source)
         if ".label" in path.name:
             if n_vertices is None:
-                raise ValueError(f"cortex_mask({path}): a label lists vertices only; pass n_vertices")
+                raise ValueError(f"read_cortex_mask({path}): a label lists vertices only; pass n_vertices")
             vertices, _ = read_label(path)
             if vertices.size and vertices.max() >= n_vertices:
-                raise InputFileError(f"{path}: label lists vertex {vertices.max()} but the surface has {n_vertices} vertices")
+                raise InputFileError(f"{path}: label lists vertex {vertices.max()} "
+                                     f"but the surface has {n_vertices} vertices")
             mask = np.zeros(n_vertices, dtype=bool)
             mask[vertices] = True
             return mask

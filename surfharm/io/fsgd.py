@@ -73,7 +73,8 @@ def read_fsgd(path: str | os.PathLike, *, class_column: str = "class") -> tuple[
             try:
                 numbers = [float(v) for v in values]
             except ValueError:
-                raise InputFileError(f"{path}:{lineno}: variable values {values} of subject {subject} are not numbers") from None
+                raise InputFileError(f"{path}:{lineno}: variable values {values} of subject {subject} "
+                                     "are not numbers") from None
             rows.append([subject, klass, *numbers])
         elif key not in _IGNORED:
             raise InputFileError(f"{path}:{lineno}: unknown FSGD keyword {key!r}")

@@ -21,7 +21,7 @@ def load_gifti(path: str | os.PathLike) -> nib.gifti.GiftiImage:
     """Parse a GIfTI file (gzipped or not); a file that is not GIfTI XML names the file."""
     path = existing_file(path)
     data = read_all_bytes(path)
-    if not data.lstrip()[:5] in (b"<?xml", b"<GIFT"):
+    if data.lstrip()[:5] not in (b"<?xml", b"<GIFT"):
         raise InputFileError(f"{path}: not a GIfTI file (expected XML starting with '<?xml', got {data[:8]!r})")
     try:
         return nib.GiftiImage.from_bytes(data)

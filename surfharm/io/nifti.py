@@ -8,14 +8,15 @@ offending value and what was expected. Volumes are returned as float32 3-D array
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from surfharm._atomic import atomic_path
-from surfharm.harmonize.base import HarmonizerInputError
+from surfharm.errors import HarmonizerInputError
+from surfharm.io.errors import InputFileError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Affines that differ by less than this (mm, or unitless for the rotation part) are the same grid:
@@ -23,8 +24,13 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 AFFINE_ATOL = 1e-3
 
 
-class VolumeInputError(HarmonizerInputError):
-    """A volume or mask that cannot be used (wrong shape, affine, dimension, empty, NaN...)."""
+class VolumeInputError(InputFileError, HarmonizerInputError):
+    """A volume or mask that cannot be used (wrong shape, affine, dimension, empty, NaN...).
+
+    An input-file error of :mod:`surfharm.io` and an input error of the harmonizers alike (both
+    ``ValueError`` and :class:`surfharm.errors.SurfharmError`), since volumes reach the volumetric
+    harmonizers as files or arrays.
+    """
 
 
 @dataclass(frozen=True)

@@ -1,36 +1,18 @@
-"""Small data classes shared by the readers: a triangle mesh and an annotation."""
+"""Small data classes shared by the readers: a triangle mesh and an annotation.
+
+The mesh type is :class:`spherical_ops.Surface` (re-exported here), the one mesh type of the package:
+readers return it, :mod:`surfharm.viz` draws on it, and icospheres (:class:`spherical_ops.IcoSphere`)
+are Surfaces too.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from spherical_ops.mesh import Surface
 
-@dataclass(frozen=True, eq=False)
-class Surface:
-    """A triangle mesh (FreeSurfer surface, GIfTI surface, sphere).
-
-    Attributes:
-        vertices: (V, 3) float64 coordinates (mm for white/pial; radius 100 for FreeSurfer spheres).
-        faces: (F, 3) int64 vertex indices, 0-based.
-        source: the file it was read from, or None.
-    """
-
-    vertices: np.ndarray
-    faces: np.ndarray
-    source: str | None = None
-
-    @property
-    def n_vertices(self) -> int:
-        return int(self.vertices.shape[0])
-
-    @property
-    def n_faces(self) -> int:
-        return int(self.faces.shape[0])
-
-    def __repr__(self) -> str:
-        src = f", source={self.source!r}" if self.source else ""
-        return f"Surface(n_vertices={self.n_vertices}, n_faces={self.n_faces}{src})"
+__all__ = ["Annotation", "Surface", "validate_surface"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,8 +51,10 @@ def validate_surface(vertices: np.ndarray, faces: np.ndarray, source: str) -> Su
     faces = faces.astype(np.int64, copy=False)
     bad = ~np.isfinite(vertices).all(axis=1)
     if bad.any():
-        raise InputFileError(f"{source}: {int(bad.sum())} vertices have NaN/inf coordinates (first: vertex {int(np.argmax(bad))})")
+        raise InputFileError(f"{source}: {int(bad.sum())} vertices have NaN/inf coordinates "
+                             f"(first: vertex {int(np.argmax(bad))})")
     if faces.min() < 0 or faces.max() >= vertices.shape[0]:
         raise InputFileError(
-            f"{source}: face indices range {faces.min()}..{faces.max()} but the surface has {vertices.shape[0]} vertices")
+            f"{source}: face indices range {faces.min()}..{faces.max()} "
+            f"but the surface has {vertices.shape[0]} vertices")
     return Surface(vertices=vertices, faces=faces, source=source)

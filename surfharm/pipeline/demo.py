@@ -161,67 +161,77 @@ def run_demo(out, settings: DemoSettings = PRESETS["full"], *, overwrite: bool =
 
     start = time.perf_counter()
     say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
-    out = outputs.prepare_folder(out, overwrite=overwrite)
-    say(f"simulating an infant cohort on fsaverage{settings.level if settings.level < 7 else ''} anatomy: "
-        f"{settings.n_subjects} infants x 3 sessions, scanner {TARGET} replaced by {CHANGED} mid-study, "
-        f"{settings.n_traveling} traveling infants scanned on both")
-    data, mask = demo_data(settings)
-    specs = methods(settings, progress)
-    skipped = {}
-    reason = s2sgan_unavailable() if any(s.name == "s2sgan" for s in specs) else None
-    if settings.s2sgan_steps <= 0:
-        skipped["s2sgan"] = "turned off (--no-s2sgan)"
-    elif reason:
-        skipped["s2sgan"] = reason
-        specs = [s for s in specs if s.name != "s2sgan"]
+    # Written aside and moved into place when complete: the folder holds exactly one whole demo.
+    with outputs.RunTarget(out, overwrite=overwrite) as target:
+        out = target.folder()
+        say(f"simulating an infant cohort on fsaverage{settings.level if settings.level < 7 else ''} anatomy: "
+            f"{settings.n_subjects} infants x 3 sessions, scanner {TARGET} replaced by {CHANGED} mid-study, "
+            f"{settings.n_traveling} traveling infants scanned on both")
+        data, mask = demo_data(settings)
+        specs = methods(settings, progress)
+        skipped = {}
+        reason = s2sgan_unavailable() if any(s.name == "s2sgan" for s in specs) else None
+        if settings.s2sgan_steps <= 0:
+            skipped["s2sgan"] = "turned off (--no-s2sgan)"
+        elif reason:
+            skipped["s2sgan"] = reason
+            specs = [s for s in specs if s.name != "s2sgan"]
 
-    # 1. Fit every method once on the study scans: the maps and models a user would keep.
-    study = data.study
-    cov = data.table[data.covariate_columns]
-    maps = {"raw": np.asarray(data.X)}
-    (out / "models").mkdir(exist_ok=True)
-    for spec in specs[1:]:
-        say(f"fitting {spec.display} on {int(study.sum())} study scans")
-        try:
-            harmonizer = spec.build()
-            harmonizer.fit(data.X[study], data.table["site"][study].to_numpy(),
-                           cov[study].reset_index(drop=True))
-            maps[spec.name] = np.asarray(harmonizer.transform(data.X, data.table["site"].to_numpy(), cov), np.float32)
-            from surfharm.pipeline.models import model_file_name
+        # 1. Fit every method once on the study scans: the maps and models a user would keep.
+        study = data.study
+        cov = data.table[data.covariate_columns]
+        maps = {"raw": np.asarray(data.X)}
+        (out / "models").mkdir(exist_ok=True)
+        for spec in specs[1:]:
+            say(f"fitting {spec.display} on {int(study.sum())} study scans")
+            try:
+                harmonizer = spec.build()
+                from surfharm.harmonize import side_data_for
 
-            harmonizer.save(out / "models" / f"{spec.name}.{model_file_name(harmonizer).split('.', 1)[1]}")
-        except Exception as exc:  # the demo goes on with the other methods and says why
-            skipped[spec.name] = f"{type(exc).__name__}: {exc}"
-            say(f"{spec.display} FAILED and is skipped: {skipped[spec.name]}")
-    specs = [s for s in specs if s.name not in skipped]
+                harmonizer.fit(data.X[study], sites=data.table["site"][study].to_numpy(),
+                               **side_data_for(harmonizer, covariates=cov[study].reset_index(drop=True)))
+                maps[spec.name] = np.asarray(harmonizer.transform(data.X, sites=data.table["site"].to_numpy(),
+                                                                  **side_data_for(harmonizer, covariates=cov)),
+                                             np.float32)
+                harmonizer.save(out / "models" / f"{spec.name}{harmonizer.model_suffix}")
+            except Exception as exc:  # the demo goes on with the other methods and says why
+                skipped[spec.name] = f"{type(exc).__name__}: {exc}"
+                say(f"{spec.display} FAILED and is skipped: {skipped[spec.name]}")
+        specs = [s for s in specs if s.name not in skipped]
 
-    # 2. The benchmark: every method refit inside every fold; traveling infants held out.
-    say(f"benchmark: {settings.n_splits}-fold leakage-safe cross-validation (each method refit per fold)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = run_benchmark(data, specs, n_splits=settings.n_splits, seed=settings.seed,
-                               progress=say if progress else None)
-    table = _cortex_columns(result.table, data.X.shape[1], int(mask.sum()))
+        # 2. The benchmark: every method refit inside every fold; traveling infants held out.
+        say(f"benchmark: {settings.n_splits}-fold leakage-safe cross-validation (each method refit per fold)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = run_benchmark(data, specs, n_splits=settings.n_splits, seed=settings.seed,
+                                   progress=say if progress else None)
+        table = _cortex_columns(result.table, data.X.shape[1], int(mask.sum()))
 
-    # 3. The run folder (read by 'surfharm report'), renderings and the report.
-    shown_maps = {name: np.where(mask, m, np.nan).astype(np.float32) for name, m in maps.items()}
-    cohort = Cohort(shown_maps["raw"], data.table, hemi="lh", measure="thickness")
-    config = {"demo": asdict(settings), "simulation": data.config.get("simulation"), "skipped": skipped,
-              "methods": [vars(s) | {"options": {k: v for k, v in s.options.items() if k != "progress"}}
-                          for s in specs]}
-    outputs.write_run_folder(out, cohort, shown_maps, metrics_table=table, config=config,
-                             title=RUN_TITLE, command=command)
-    from surfharm._atomic import write_text_atomic
-    from surfharm.evaluate.benchmark import to_markdown
+        # 3. The run folder (read by 'surfharm report'), renderings and the report.
+        shown_maps = {name: np.where(mask, m, np.nan).astype(np.float32) for name, m in maps.items()}
+        cohort = Cohort(shown_maps["raw"], data.table, hemi="lh", measure="thickness")
+        config = {"demo": asdict(settings), "simulation": data.config.get("simulation"), "skipped": skipped,
+                  "methods": [vars(s) | {"options": {k: v for k, v in s.options.items() if k != "progress"}}
+                              for s in specs]}
+        outputs.write_run_folder(out, cohort, shown_maps, metrics_table=table, config=config,
+                                 title=RUN_TITLE, command=command)
+        from surfharm._atomic import write_text_atomic
+        from surfharm.evaluate.benchmark import to_markdown
 
-    write_text_atomic(out / "benchmark.md", to_markdown(replace(result, table=table)))
-    report = None
-    if settings.render:
-        say("rendering before/after maps and writing the report")
-        _render_before_after(out, shown_maps, data.table)
-    report = outputs.write_report(out, log_age=True, age_label="age (years)") if settings.render else None
+        write_text_atomic(out / "benchmark.md", to_markdown(replace(result, table=table)))
+        report = None
+        if settings.render:
+            say("rendering before/after maps and writing the report")
+            _render_before_after(out, shown_maps, data.table)
+        outputs.finish_run_folder(out)     # the report reads a complete run folder
+        if settings.render:
+            report = outputs.write_report(out, log_age=True, age_label="age (years)")
+        target.commit()
+    report = target.final(report)
+    out = target.out
     return {"out": out, "report": report, "table": table, "skipped": skipped,
             "seconds": time.perf_counter() - start}
+
 
 
 def _render_before_after(out: Path, maps: dict[str, np.ndarray], table: pd.DataFrame) -> list[Path]:
@@ -238,7 +248,7 @@ def _render_before_after(out: Path, maps: dict[str, np.ndarray], table: pd.DataF
         if name == "raw":
             continue
         path = out / "renderings" / f"before_after_{name}.png"
-        plotter = plot_before_after(maps["raw"][source], values[source], "inflated", hemi="left",
+        plotter = plot_before_after(maps["raw"][source], values[source], "inflated", hemi="lh",
                                     labels=(f"scanner {CHANGED}", name),
                                     title=f"{subject} (traveling infant) on scanner {CHANGED}: raw and {name}",
                                     screenshot=str(path))

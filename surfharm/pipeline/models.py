@@ -4,14 +4,14 @@ The method is written as on ``surfharm benchmark``'s command line: ``NAME[:KEY=V
 registered harmonizer name (``combat``, ``combat-long``, ``s2sgan``, ``mean-std`` ...), e.g.
 ``combat:reference_site=A`` or ``s2sgan:max_steps=400,condition_on=["age"]``.
 
-Table-derived arguments are passed for the harmonizer when its ``fit``/``transform`` names them
-(``subjects`` for longitudinal ComBat). Model files: ``model.npz`` (``save_state``: arrays + JSON)
-for every method except S2SGAN, which writes ``model.safetensors`` with a ``model.json`` copy of
-its metadata; neither is ever a pickle.
+Side data are passed as the harmonizer declares them (:func:`surfharm.harmonize.side_data_for`):
+the kept covariates, and ``subjects`` from the cohort table for longitudinal ComBat. Model files:
+``model`` plus the method's :attr:`~surfharm.harmonize.Harmonizer.model_suffix` (``model.npz``,
+arrays + JSON, for every method except S2SGAN, which writes ``model.safetensors``); neither is ever
+a pickle, and :func:`surfharm.harmonize.load` reads both back.
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +20,17 @@ import pandas as pd
 from surfharm import harmonize
 from surfharm.cohort import Cohort
 from surfharm.evaluate.methods import MethodSpec
+from surfharm.io.model_files import MODEL_SUFFIXES
 
 #: Harmonizers that learn networks: maps are brought to this level by default (CPU-friendly).
-LEARNED_DEFAULT_LEVEL = {"s2sgan": 5}
+LEARNED_DEFAULT_LEVEL = {"s2sgan": 5, "cdae": 5, "paired-unet": 5}
 
 
 def parse_method(text: str, *, smooth=(), reference_site: str | None = None, progress: bool = True) -> MethodSpec:
     """The :class:`MethodSpec` of ``text``, with the run's ``--smooth`` / ``--reference-site`` added
     for harmonizers whose constructor takes them, and a progress bar for those that offer one."""
     spec = MethodSpec.parse(text)
-    accepted = inspect.signature(harmonize.get(spec.name).__init__).parameters
+    accepted = harmonize.get(spec.name)._get_param_names()
     options = dict(spec.options)
     if smooth:
         if "smooth_terms" not in accepted:
@@ -45,10 +46,10 @@ def parse_method(text: str, *, smooth=(), reference_site: str | None = None, pro
     return MethodSpec(spec.name, spec.label, options, dict(spec.column_kwargs))
 
 
-def table_arguments(harmonizer, cohort: Cohort, method: str = "fit") -> dict[str, np.ndarray]:
-    """Keyword arguments of ``harmonizer.<method>`` that come from the cohort table (``subjects``)."""
-    accepted = inspect.signature(getattr(harmonizer, method)).parameters
-    return {"subjects": cohort.subjects} if "subjects" in accepted else {}
+def side_data(harmonizer, cohort: Cohort, keep) -> dict:
+    """The side data ``harmonizer`` takes (``fit`` and ``transform`` keywords besides ``sites``): the kept
+    covariates and, for methods that declare them, the cohort's ``subjects``."""
+    return harmonize.side_data_for(harmonizer, covariates=covariates_of(cohort, keep), subjects=cohort.subjects)
 
 
 def covariates_of(cohort: Cohort, keep) -> pd.DataFrame | None:
@@ -59,23 +60,21 @@ def covariates_of(cohort: Cohort, keep) -> pd.DataFrame | None:
 def fit_and_transform(spec: MethodSpec, cohort: Cohort, keep) -> tuple[harmonize.Harmonizer, np.ndarray]:
     """Fit ``spec``'s harmonizer on every scan of ``cohort`` and harmonize them: (model, (n_scans, V) float32)."""
     harmonizer = spec.build()
-    covariates = covariates_of(cohort, keep)
-    harmonizer.fit(cohort.maps, cohort.sites, covariates, **table_arguments(harmonizer, cohort, "fit"))
-    harmonized = harmonizer.transform(cohort.maps, cohort.sites, covariates,
-                                      **table_arguments(harmonizer, cohort, "transform"))
+    side = side_data(harmonizer, cohort, keep)
+    harmonizer.fit(cohort.maps, sites=cohort.sites, **side)
+    harmonized = harmonizer.transform(cohort.maps, sites=cohort.sites, **side)
     return harmonizer, np.asarray(harmonized, dtype=np.float32)
 
 
 def transform(harmonizer, cohort: Cohort, keep) -> np.ndarray:
     """Harmonize the scans of ``cohort`` with a fitted model: (n_scans, V) float32."""
-    harmonized = harmonizer.transform(cohort.maps, cohort.sites, covariates_of(cohort, keep),
-                                      **table_arguments(harmonizer, cohort, "transform"))
+    harmonized = harmonizer.transform(cohort.maps, sites=cohort.sites, **side_data(harmonizer, cohort, keep))
     return np.asarray(harmonized, dtype=np.float32)
 
 
 def model_file_name(harmonizer) -> str:
-    """``model.safetensors`` for S2SGAN, ``model.npz`` for the others."""
-    return "model.safetensors" if harmonizer.registry_name == "s2sgan" else "model.npz"
+    """``model`` + the harmonizer's ``model_suffix``: ``model.safetensors`` for S2SGAN, ``model.npz`` for the others."""
+    return f"model{harmonizer.model_suffix}"
 
 
 def save_model(harmonizer, folder) -> Path:
@@ -93,7 +92,7 @@ def find_model(path, key: str | None = None) -> Path:
         raise FileNotFoundError(f"model {path} does not exist; expected a model file (model.npz, "
                                 "model.safetensors) or the output folder of 'surfharm harmonize'")
     candidates = [folder / name for folder in ([path / key] if key else []) + [path]
-                  for name in ("model.npz", "model.safetensors")]
+                  for name in (f"model{suffix}" for suffix in MODEL_SUFFIXES)]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -101,14 +100,5 @@ def find_model(path, key: str | None = None) -> Path:
 
 
 def load_model(path) -> harmonize.Harmonizer:
-    """Read a model written by :func:`save_model` (any registered harmonizer)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return harmonize.get("s2sgan").load(path)
-    from surfharm.harmonize.base import load_state
-
-    _, meta = load_state(path)
-    name = meta.get("method")
-    if not name:
-        raise ValueError(f"{path}: the model metadata names no method; expected a file written by surfharm")
-    return harmonize.get(name).load(path)
+    """Read a model written by :func:`save_model` (any registered harmonizer; see :func:`surfharm.harmonize.load`)."""
+    return harmonize.load(path)

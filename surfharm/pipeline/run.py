@@ -2,7 +2,11 @@
 
 :func:`harmonize` fits a harmonizer on a study and writes everything; :func:`apply` harmonizes new
 scans of known sites with a saved model; :func:`plan` lists what either would read and write
-(``--dry-run``). Outputs are described in :mod:`surfharm.pipeline.outputs`.
+(``--dry-run``). What is read, and how harmonized data are written back, is the input's business
+(:mod:`surfharm.pipeline.inputs`: one class per input kind); the run folders are described in
+:mod:`surfharm.pipeline.outputs`. Surface maps and ROI tables run through one loop (a Cohort per
+hemisphere or table); NIfTI scans (the volumetric methods) are fitted and written one volume at a
+time, into run folders with the same guarantees.
 """
 from __future__ import annotations
 
@@ -13,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from surfharm.pipeline import models, outputs
-from surfharm.pipeline.inputs import Source, planned_reads, read_cohorts
+from surfharm.pipeline.inputs import InputSource, SourceError, review_output
 
 
 @dataclass
 class RunResult:
-    """What a run wrote, per cohort key (``lh``, ``rh``, ``roi``)."""
+    """What a run wrote, per cohort key (``lh``, ``rh``, ``roi``, ``volumes``)."""
 
     out: Path
     folders: dict[str, Path] = field(default_factory=dict)
@@ -40,105 +44,252 @@ def _say(progress: bool, line: str) -> None:
         print(line, flush=True)
 
 
-def _spaces(source: Source, space: str) -> tuple[str, ...]:
-    if space == "both":
-        return ("ico", "native")
-    if space == "native" and (source.kind != "subjects_dir" or source.fwhm is not None):
-        raise ValueError("--space native needs native inputs (SUBJECTS_DIR without --fwhm): only they have a "
-                         "sphere.reg to resample back through")
-    return (space,)
+def _write_harmonized(cohort, harmonized, folder: Path, spaces, source: InputSource, key: str,
+                      method: str | None = None) -> list[Path]:
+    """The user's files, in the input's format: per-scan maps (SUBJECTS_DIR), a stacked MGH + FSGD, an
+    ROI table, or NIfTI volumes."""
+    return source.write(cohort, harmonized, folder, spaces=spaces, method=method)
 
 
-def _write_harmonized(cohort, harmonized, folder: Path, spaces, source: Source, key: str) -> list[Path]:
-    """The user's files: per-scan maps (SUBJECTS_DIR), a stacked MGH + FSGD, or an ROI table."""
-    if source.kind == "roi_table":
-        return cohort.with_maps(harmonized).write(folder / f"{Path(source.roi_table).name.split('.')[0]}.harmonized.csv",
-                                                  overwrite=True)
-    if source.kind == "stacked_mgh":
-        stem = ".".join(p for p in (cohort.hemi, cohort.measure, "harmonized") if p)
-        return cohort.with_maps(harmonized).write(folder / f"{stem}.mgh", fsgd=folder / "harmonized.fsgd",
-                                                  overwrite=True)
-    native = "native" in spaces and cohort.sources is not None and cohort.sources["sphere"].notna().all()
-    chosen = tuple(s for s in spaces if s != "native" or native)
-    return outputs.write_subject_maps(cohort, harmonized, folder, spaces=chosen)
+def _final_result(result: RunResult, target: outputs.RunTarget) -> RunResult:
+    """The paths of ``result`` where they lie once the run is moved into place."""
+    result.folders = {k: target.final(v) for k, v in result.folders.items()}
+    result.models = {k: target.final(v) for k, v in result.models.items()}
+    result.reports = {k: target.final(v) for k, v in result.reports.items()}
+    result.maps = {k: [target.final(p) for p in v] for k, v in result.maps.items()}
+    return result
 
 
-def harmonize(source: Source, method: str, out, *, keep=None, smooth=(), reference_site: str | None = None,
+def harmonize(source: InputSource, method: str, out, *, keep=None, smooth=(), reference_site: str | None = None,
               space: str = "ico", report: bool = True, overwrite: bool = False, progress: bool = True,
-              command=None) -> RunResult:
+              command=None, clip_output: bool = False) -> RunResult:
     """Fit ``method`` on the scans of ``source`` and write harmonized maps, model, metrics and report.
 
+    The run is written beside ``out`` and moved into place when complete (:class:`outputs.RunTarget`):
+    ``out`` holds exactly this run, or, when the run fails or is stopped, what it held before.
+
     Args:
-        source: what to read (:class:`surfharm.pipeline.Source`).
+        source: what to read (an :class:`surfharm.pipeline.inputs.InputSource`).
         method: ``NAME[:KEY=VALUE,...]`` (:func:`surfharm.pipeline.models.parse_method`).
-        out: output folder (created; refused when not empty unless ``overwrite``).
-        keep: covariate columns whose effects are preserved (default: age and sex when present).
+        out: output folder (created; refused when not empty unless ``overwrite``, which replaces the
+            previous run as a whole; refused when an input lies inside it).
+        keep: covariate columns whose effects are preserved (default: age and sex when present; none
+            for NIfTI scans).
         smooth: covariates modelled by a spline (ComBat-GAM), e.g. ``["age"]`` for infants.
         reference_site: harmonize to this site (ComBat's reference, S2SGAN's target).
         space: per-scan maps in ``ico`` (fsaverageN) order, ``native`` order or ``both`` (SUBJECTS_DIR).
         report: write the HTML report of each run folder.
+        clip_output: clip harmonized values outside the measure's plausible range into it (they are
+            counted either way: metrics.csv column ``implausible_values``).
     """
-    spaces = _spaces(source, space)
-    out = outputs.prepare_folder(out, overwrite=overwrite)
+    spaces = source.spaces(space)
     spec = models.parse_method(method, smooth=smooth, reference_site=reference_site, progress=progress)
-    cohorts = read_cohorts(source, progress=progress)
-    result = RunResult(out=out)
-    for key, cohort in cohorts.items():
-        kept = default_keep(cohort.table.columns, keep)
-        _say(progress, f"{key}: {cohort!r}; fitting {spec.display} (keeping {', '.join(kept) or 'no covariates'})")
-        harmonizer, harmonized = models.fit_and_transform(spec, cohort, kept)
-        folder = out / key
-        maps = {"raw": np.asarray(cohort.maps), spec.name: harmonized}
-        table = outputs.summary_metrics(cohort, maps, kept)
-        options = {k: v for k, v in spec.options.items() if k != "progress"}
-        config = {"method": spec.name, "options": options, "keep": kept, "level": cohort.level,
-                  "measure": cohort.measure, "hemi": cohort.hemi, "input": source.kind}
-        outputs.write_run_folder(folder, cohort, maps, metrics_table=table, config=config,
-                                 title=f"surfharm harmonize: {spec.name}, {key}", command=command)
-        result.models[key] = models.save_model(harmonizer, folder)
-        result.maps[key] = _write_harmonized(cohort, harmonized, folder, spaces, source, key)
-        result.folders[key], result.metrics[key] = folder, table
-        if report and cohort.feature_names is None:
-            _say(progress, f"{key}: writing the report")
-            result.reports[key] = outputs.write_report(folder)
-    return result
+    source.check_tables(keep=keep, smooth=smooth, method=method)  # before any map is read
+    with outputs.RunTarget(out, overwrite=overwrite, inputs=source.guarded()) as target:
+        cohorts = source.read(progress=progress)
+        result = RunResult(out=target.out)
+        for key, cohort in cohorts.items():
+            if source.holds_volumes:
+                _fit_volumes(spec, key, cohort, source, keep, target, result, progress=progress, command=command)
+                continue
+            kept = default_keep(cohort.table.columns, keep)
+            _say(progress, f"{key}: {cohort!r}; fitting {spec.display} (keeping {', '.join(kept) or 'no covariates'})")
+            harmonizer, harmonized = models.fit_and_transform(spec, cohort, kept)
+            implausible = review_output(cohort, harmonized, source, clip=clip_output)
+            folder = target.folder(key)
+            maps = {"raw": np.asarray(cohort.maps), spec.name: harmonized}
+            table = outputs.summary_metrics(cohort, maps, kept)
+            _record_implausible(table, implausible, key, progress)
+            options = {k: v for k, v in spec.options.items() if k != "progress"}
+            fitted_on = outputs.describe_data(cohort, measure=source.measure)
+            config = {"method": spec.name, "options": options, "keep": kept, "level": cohort.level,
+                      "measure": source.measure, "hemi": cohort.hemi, "n_features": fitted_on["n_features"],
+                      "input": source.name}
+            outputs.write_run_folder(folder, cohort, maps, metrics_table=table, config=config,
+                                     title=f"surfharm harmonize: {spec.name}, {key}", command=command)
+            harmonizer.fitted_on_ = fitted_on
+            result.models[key] = models.save_model(harmonizer, folder)
+            result.maps[key] = _write_harmonized(cohort, harmonized, folder, spaces, source, key)
+            outputs.finish_run_folder(folder)
+            result.folders[key], result.metrics[key] = folder, table
+            if report and cohort.feature_names is None:
+                _say(progress, f"{key}: writing the report")
+                result.reports[key] = outputs.write_report(folder)
+        target.commit()
+    return _final_result(result, target)
 
 
-def apply(source: Source, model, out, *, space: str = "ico", report: bool = True, overwrite: bool = False,
-          progress: bool = True, command=None) -> RunResult:
+def apply(source: InputSource, model, out, *, space: str = "ico", report: bool = True, overwrite: bool = False,
+          progress: bool = True, command=None, allow_mismatch: bool = False, clip_output: bool = False,
+          adapt_new_sites: bool = False) -> RunResult:
     """Harmonize the scans of ``source`` (sites known to the model) with a saved model.
+
+    Scans of sites the model has not seen are refused by name, unless ``adapt_new_sites``: the
+    model (of a method that ``supports_adapt``) is then adapted to them from their own scans, held
+    fixed otherwise, and the adapted model is written into the output run folder (never over
+    ``model``).
 
     ``model``: a model file, or the output folder of :func:`harmonize` (its ``<key>/model.*`` is used
     for each hemisphere). The covariates kept at fit time are read from the ``config.json`` beside
-    the model and must be columns of the new table.
+    the model and must be columns of the new table. A model fitted on another hemisphere, measure or
+    level is refused unless ``allow_mismatch``; a model in an incomplete run folder is refused.
+    Outputs are written as by :func:`harmonize` (aside, then moved into place).
     """
-    spaces = _spaces(source, space)
+    from surfharm.viz.run_folder import check_complete
+
+    spaces = source.spaces(space)
     if not Path(model).exists():  # before reading any scan
         raise FileNotFoundError(f"model {model} does not exist; expected a model file (model.npz, "
                                 "model.safetensors) or the output folder of 'surfharm harmonize'")
-    out = outputs.prepare_folder(out, overwrite=overwrite)
-    cohorts = read_cohorts(source, progress=progress)
-    result = RunResult(out=out)
-    for key, cohort in cohorts.items():
-        path = models.find_model(model, key)
-        harmonizer = models.load_model(path)
-        config_path = path.parent / "config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        kept = config.get("keep") or _model_covariates(harmonizer)
-        name = getattr(harmonizer, "registry_name", "model")
-        _say(progress, f"{key}: {cohort!r}; applying {name} from {path}")
-        harmonized = models.transform(harmonizer, cohort, kept)
-        folder = out / key
-        maps = {"raw": np.asarray(cohort.maps), name: harmonized}
-        table = outputs.summary_metrics(cohort, maps, kept)
-        outputs.write_run_folder(folder, cohort, maps, metrics_table=table,
-                                 config={**config, "applied_model": str(path)},
-                                 title=f"surfharm apply: {name}, {key}", command=command)
-        result.maps[key] = _write_harmonized(cohort, harmonized, folder, spaces, source, key)
-        result.folders[key], result.models[key], result.metrics[key] = folder, path, table
-        if report and cohort.feature_names is None:
-            result.reports[key] = outputs.write_report(folder)
-    return result
+    source.check_tables()  # before any map is read
+    keys = source.keys()
+    found = {key: models.find_model(model, key) for key in keys}
+    inputs = source.guarded() + [("model", Path(model))]
+    for path in found.values():
+        check_complete(path.parent, what="the run folder of the model")
+        inputs += [("model", path), ("model configuration", path.parent / "config.json")]
+    with outputs.RunTarget(out, overwrite=overwrite, inputs=inputs) as target:
+        cohorts = source.read(progress=progress)
+        result = RunResult(out=target.out)
+        for key, cohort in cohorts.items():
+            path = found.get(key) or models.find_model(model, key)
+            config_path = path.parent / "config.json"
+            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+            if source.holds_volumes:
+                _apply_volumes(path, config, key, cohort, source, target, result, progress=progress, command=command)
+                continue
+            fitted = {**outputs.read_fitted_on(path), **{k: config[k] for k in outputs.FITTED_ON_KEYS if k in config}}
+            data = outputs.describe_data(cohort, measure=source.measure)
+            differences = outputs.check_fitted_on(path, fitted, data, what=f"the {key} scans",
+                                                  allow_mismatch=allow_mismatch)
+            for difference in differences:
+                _say(progress, f"{key}: warning: applying a model fitted on other data ({difference})")
+            harmonizer = models.load_model(path)
+            source.check_method(getattr(harmonizer, "registry_name", None))
+            kept = config.get("keep") or _model_covariates(harmonizer)
+            name = getattr(harmonizer, "registry_name", "model")
+            _say(progress, f"{key}: {cohort!r}; applying {name} from {path}")
+            adapted = _adapt_new_sites(harmonizer, cohort, kept, adapt_new_sites, key, progress)
+            harmonized = models.transform(harmonizer, cohort, kept)
+            implausible = review_output(cohort, harmonized, source, clip=clip_output)
+            folder = target.folder(key)
+            maps = {"raw": np.asarray(cohort.maps), name: harmonized}
+            table = outputs.summary_metrics(cohort, maps, kept)
+            _record_implausible(table, implausible, key, progress)
+            outputs.write_run_folder(folder, cohort, maps, metrics_table=table,
+                                     config={**config, "applied_model": str(Path(path).resolve()),
+                                             "applied_to": data, "mismatch_allowed": differences,
+                                             **({"adapted_sites": adapted} if adapted else {})},
+                                     title=f"surfharm apply: {name}, {key}", command=command)
+            if adapted:  # the adapted model goes with this run, beside its outputs
+                path = models.save_model(harmonizer, folder)
+            result.maps[key] = _write_harmonized(cohort, harmonized, folder, spaces, source, key)
+            outputs.finish_run_folder(folder)
+            result.folders[key], result.models[key], result.metrics[key] = folder, path, table
+            if report and cohort.feature_names is None:
+                result.reports[key] = outputs.write_report(folder)
+        target.commit()
+    return _final_result(result, target)
+
+
+# -- NIfTI scans: fitted on the image list, written one volume at a time ----------------------------------------
+
+def volume_side_data(harmonizer, volumes, keep) -> dict:
+    """The side data a volumetric ``harmonizer`` takes: its masks and the kept covariates; refuses
+    covariates for a method that learns no covariate effect."""
+    from surfharm import harmonize
+
+    if keep and "covariates" not in harmonizer.side_data:
+        raise SourceError(f"{harmonizer.registry_name} takes no covariates (it learns no covariate effect); "
+                          f"keep none (covariates asked for: {list(keep)})")
+    return harmonize.side_data_for(harmonizer, covariates=volumes.covariates(keep), masks=volumes.masks)
+
+
+def fit_volumes(harmonizer, volumes, keep, *, control_mask=None) -> dict:
+    """Fit a volumetric ``harmonizer`` on the scans of ``volumes`` (a :class:`~surfharm.pipeline.inputs.VolumeSet`);
+    returns the side data to transform them with."""
+    import inspect
+
+    side = volume_side_data(harmonizer, volumes, keep)
+    extra = {}
+    if control_mask is not None:
+        if "control_mask" not in inspect.signature(harmonizer.fit).parameters:
+            raise SourceError(f"--control-mask is a RAVEL option; {harmonizer.registry_name} takes none")
+        extra["control_mask"] = str(control_mask)
+    harmonizer.fit(volumes.images, sites=volumes.sites, **side, **extra)
+    return side
+
+
+def _fit_volumes(spec, key, volumes, source, keep, target, result, *, progress, command) -> None:
+    kept = list(keep or ())
+    harmonizer = spec.build()
+    _say(progress, f"{key}: {volumes!r}; fitting {spec.display} (keeping {', '.join(kept) or 'no covariates'})")
+    side = fit_volumes(harmonizer, volumes, kept, control_mask=source.control_mask)
+    folder = target.folder(key)
+    options = {k: v for k, v in spec.options.items() if k != "progress"}
+    config = {"method": spec.name, "options": options, "keep": kept, "n_scans": volumes.n_scans,
+              "input": source.name}
+    outputs.write_volume_run_folder(folder, volumes.table, config=config,
+                                    title=f"surfharm harmonize: {spec.name}, NIfTI scans", command=command)
+    result.models[key] = models.save_model(harmonizer, folder)
+    stream = harmonizer.transform_iter(volumes.images, sites=volumes.sites, **side)
+    result.maps[key] = _write_harmonized(volumes, stream, folder, ("ico",), source, key, method=spec.name)
+    outputs.finish_run_folder(folder)
+    result.folders[key] = folder
+
+
+def _apply_volumes(path, config, key, volumes, source, target, result, *, progress, command) -> None:
+    harmonizer = models.load_model(path)
+    source.check_method(getattr(harmonizer, "registry_name", None))
+    name = getattr(harmonizer, "registry_name", "model")
+    kept = list(config.get("keep") or ())
+    _say(progress, f"{key}: {volumes!r}; applying {name} from {path}")
+    side = volume_side_data(harmonizer, volumes, kept)
+    folder = target.folder(key)
+    outputs.write_volume_run_folder(folder, volumes.table,
+                                    config={**config, "applied_model": str(Path(path).resolve()),
+                                            "n_scans": volumes.n_scans},
+                                    title=f"surfharm apply: {name}, NIfTI scans", command=command)
+    stream = harmonizer.transform_iter(volumes.images, sites=volumes.sites, **side)
+    result.maps[key] = _write_harmonized(volumes, stream, folder, ("ico",), source, key, method=name)
+    outputs.finish_run_folder(folder)
+    result.folders[key], result.models[key] = folder, path
+
+
+def _adapt_new_sites(harmonizer, cohort, kept, allowed: bool, key: str, progress: bool) -> list[str]:
+    """Sites of the scans that the model has not seen: refused by name or, when ``allowed``, added to
+    the model from their own scans (:meth:`~surfharm.harmonize.Harmonizer.adapt`). Returns them."""
+    known = getattr(harmonizer, "sites_", None)
+    if known is None:
+        return []
+    unknown = sorted({str(s) for s in cohort.sites} - {str(s) for s in known})
+    if not unknown:
+        return []
+    name = getattr(harmonizer, "registry_name", "model")
+    if not allowed:
+        raise ValueError(f"{key}: site(s) {unknown} are not in the model (it was fitted on sites "
+                         f"{[str(s) for s in known]}); pass --adapt-new-sites to estimate them from their own scans "
+                         "with the model otherwise held fixed (the adapted model is written into the output folder), "
+                         "or fit the model again including them")
+    if not harmonizer.supports_adapt:
+        raise ValueError(f"{key}: site(s) {unknown} are not in the model, and method {name!r} cannot adapt to a "
+                         "new site; fit the model again including them")
+    rows = np.flatnonzero(np.isin(np.asarray(cohort.sites).astype(str), unknown))
+    side = {k: (v.iloc[rows].reset_index(drop=True) if hasattr(v, "iloc") else np.asarray(v)[rows])
+            for k, v in models.side_data(harmonizer, cohort, kept).items()}
+    harmonizer.adapt(np.asarray(cohort.maps[rows]), sites=np.asarray(cohort.sites)[rows], **side)
+    _say(progress, f"{key}: adapted {name} to new site(s) {', '.join(unknown)} from their own {rows.size} scan(s)")
+    return unknown
+
+
+def _record_implausible(table, implausible: dict | None, key: str, progress: bool) -> None:
+    """Values outside the measure's plausible range, per map set, as metrics.csv column ``implausible_values``;
+    said on the terminal whenever the harmonized maps hold any."""
+    if implausible is None:
+        return
+    table["implausible_values"] = [implausible["raw_values"]] + [implausible["values"]] * (len(table) - 1)
+    if implausible["values"] or progress:
+        print(f"{key}: {implausible['message']}", flush=True)
 
 
 def _model_covariates(harmonizer) -> list[str]:
@@ -149,39 +300,26 @@ def _model_covariates(harmonizer) -> list[str]:
     return list(getattr(harmonizer, "condition_on", ()) or ())
 
 
-def plan(source: Source, out, *, method: str | None = None, model=None, space: str = "ico") -> str:
+def plan(source: InputSource, out, *, method: str | None = None, model=None, space: str = "ico") -> str:
     """The files a run would read (with MISSING marks) and the outputs it would write, as text."""
-    reads = planned_reads(source)
+    reads = source.files()
     missing = [p for _, p in reads if not p.exists()]
     lines = [f"would read {len(reads)} file(s):"]
     lines += [f"  {what:16s} {path}{'   MISSING' if not path.exists() else ''}" for what, path in reads]
     if model is not None:
         lines.append(f"  {'model':16s} {model}{'   MISSING' if not Path(model).exists() else ''}")
-    keys = (["roi"] if source.kind == "roi_table" else
-            list(source.hemis) if source.kind == "subjects_dir" else
-            [_mgh_key(p) for p in source.mgh])
+    spaces = source.spaces(space)
     out = Path(out)
     lines.append(f"would write into {out}{' (exists)' if out.exists() else ''}:")
-    for key in keys:
-        lines.append(f"  {out / key}/  table.csv, maps/raw.npy, maps/<method>.npy, metrics.csv, config.json, "
-                     f"run.json{', model file' if method else ''}{', report.html' if key != 'roi' else ''}")
-        if source.kind == "subjects_dir":
-            for s in _spaces(source, space):
-                tree = "native" if s == "native" else ("fsaverage" if source.level == 7 else f"fsaverage{source.level}")
-                lines.append(f"  {out / key / tree}/<scan>/surf/{key}.{source.measure}.harmonized"
-                             f"{'' if s == 'native' else '.' + tree + '.mgz'}  (one per scan) + cohort.tsv")
-        elif source.kind == "stacked_mgh":
-            lines.append(f"  {out / key}/{key}.{source.measure}.harmonized.mgh + harmonized.fsgd")
+    for key in source.keys():
+        if source.holds_volumes:
+            lines.append(f"  {out / key}/  table.csv, config.json, run.json{', model file' if method else ''}")
         else:
-            lines.append(f"  {out / key}/<table>.harmonized.csv")
+            lines.append(f"  {out / key}/  table.csv, maps/raw.npy, maps/<method>.npy, metrics.csv, config.json, "
+                         f"run.json{', model file' if method else ''}{', report.html' if key != 'roi' else ''}")
+        lines += source.output_lines(out, key, spaces)
     if method:
         lines.append(f"method: {method}")
     if missing:
         lines.append(f"{len(missing)} input file(s) are MISSING: the run would stop at the first one")
     return "\n".join(lines)
-
-
-def _mgh_key(path) -> str:
-    from surfharm.io import hemi_of
-
-    return hemi_of(path) or "maps"

@@ -17,6 +17,7 @@ import functools
 import numpy as np
 
 from spherical_ops import n_vertices, upsample_parents
+from surfharm.hemispheres import LONG_NAMES, hemi_name
 
 #: Age (years) at which the adult age effect is zero (the base map's nominal age).
 ADULT_REFERENCE_AGE = 50.0
@@ -24,17 +25,20 @@ ADULT_REFERENCE_AGE = 50.0
 INFANT_REFERENCE_MONTHS = 24.0
 
 
+def fsaverage5_thickness(hemi: str = "lh") -> np.ndarray:
+    """nilearn's fsaverage5 thickness of hemisphere ``hemi`` (``"lh"``/``"rh"``; ``"left"``/``"right"``
+    accepted): (10242,) float64 in mm, read-only."""
+    return _fsaverage5_thickness(LONG_NAMES[hemi_name(hemi)])
+
+
 @functools.lru_cache(maxsize=2)
-def fsaverage5_thickness(hemi: str = "left") -> np.ndarray:
-    """nilearn's fsaverage5 thickness of one hemisphere (10242,) float64 in mm, read-only."""
+def _fsaverage5_thickness(side: str) -> np.ndarray:
     from nilearn import datasets, surface
 
-    if hemi not in ("left", "right"):
-        raise ValueError(f"hemi must be 'left' or 'right', got {hemi!r}")
     fsaverage = datasets.fetch_surf_fsaverage("fsaverage5")
-    thickness = np.asarray(surface.load_surf_data(fsaverage[f"thick_{hemi}"]), dtype=np.float64)
+    thickness = np.asarray(surface.load_surf_data(fsaverage[f"thick_{side}"]), dtype=np.float64)
     if thickness.shape != (n_vertices(5),):
-        raise ValueError(f"nilearn's fsaverage5 thick_{hemi} has shape {thickness.shape}; expected ({n_vertices(5)},)")
+        raise ValueError(f"nilearn's fsaverage5 thick_{side} has shape {thickness.shape}; expected ({n_vertices(5)},)")
     thickness.setflags(write=False)
     return thickness
 

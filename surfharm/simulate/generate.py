@@ -24,7 +24,8 @@ import pandas as pd
 
 from spherical_ops import icosphere
 from spherical_ops.mesh import check_level
-from surfharm.evaluate.rois import cortex_mask
+from surfharm.atlas import fsaverage_cortex_mask
+from surfharm.hemispheres import hemi_name
 from surfharm.simulate import anatomy
 from surfharm.simulate.fields import gaussian_smoother, smooth_random_fields
 from surfharm.simulate.sites import SiteEffect, SiteMaps, apply_site_effect, draw_site_maps
@@ -67,7 +68,7 @@ class SimulationConfig:
     Attributes:
         mode: ``"adult"`` (ages in years, slow thinning) or ``"infant"`` (0-24 months, growth curve).
         level: icosahedral level of the maps (3..7; 5 = fsaverage5).
-        hemi: ``"left"`` or ``"right"``.
+        hemi: ``"lh"`` or ``"rh"`` (``"left"``/``"right"`` accepted).
         sites: the sites (:class:`SiteSpec`).
         n_sessions: scans per subject (longitudinal when > 1).
         session_interval_years: adult mode: years between sessions.
@@ -85,7 +86,7 @@ class SimulationConfig:
 
     mode: str = "adult"
     level: int = 5
-    hemi: str = "left"
+    hemi: str = "lh"
     sites: tuple[SiteSpec, ...] = ()
     n_sessions: int = 1
     session_interval_years: float = 2.0
@@ -184,7 +185,7 @@ class SimulatedCohort:
             (``"F"``/``"M"``), ``female`` (0/1), ``traveling`` (bool), ``scan_date`` (months since
             the study began); infant mode adds ``age_months`` and ``log_age`` (log of age in years).
         mask: (V,) bool, cortex (False on the medial wall).
-        level, hemi: mesh of the maps.
+        level, hemi: mesh of the maps (hemi ``"lh"`` or ``"rh"``).
         site_maps: each site's fixed additive/multiplicative fields (at level ``min(level, 5)``).
         config: the :class:`SimulationConfig` that produced it.
     """
@@ -229,7 +230,7 @@ class SimulatedCohort:
         sim_level = min(self.level, 5)
         sphere = icosphere(sim_level)
         n = sphere.vertices.shape[0]
-        mask = cortex_mask(self.hemi, sim_level)
+        mask = fsaverage_cortex_mask(self.hemi, sim_level)
         rng = np.random.default_rng([self.config.seed, _ROLE_AT_SITE, sorted(effects).index(site)])
         # Maps above level 5 are level 5 upsampled, whose first vertices are level 5 itself (nesting).
         truth = np.asarray(self.truth[:, :n], np.float64)
@@ -247,7 +248,7 @@ class SimulatedCohort:
         """The observed maps as a :class:`surfharm.cohort.Cohort` (maps + table)."""
         from surfharm.cohort import Cohort
 
-        return Cohort(self.maps, self.table, hemi={"left": "lh", "right": "rh"}[self.hemi], measure="thickness")
+        return Cohort(self.maps, self.table, hemi=hemi_name(self.hemi), measure="thickness")
 
 
 def simulate_cohort(config: SimulationConfig) -> SimulatedCohort:
@@ -256,7 +257,7 @@ def simulate_cohort(config: SimulationConfig) -> SimulatedCohort:
     sim_level = min(config.level, 5)
     sphere = icosphere(sim_level)
     vertices = sphere.vertices
-    mask = cortex_mask(config.hemi, sim_level)
+    mask = fsaverage_cortex_mask(config.hemi, sim_level)
     biology = _draw_biology(config, vertices, sim_level)
     table = _draw_scans(config)
 
@@ -280,7 +281,7 @@ def simulate_cohort(config: SimulationConfig) -> SimulatedCohort:
         scan_effect = effect if add_noise_now else replace(effect, noise_sd_mm=0.0)
         observed[rows] = apply_site_effect(truth[rows], scan_effect, site_maps[name], mask, vertices, noise_rng)
 
-    final_mask = cortex_mask(config.hemi, config.level)
+    final_mask = fsaverage_cortex_mask(config.hemi, config.level)
     if config.level > 5:
         truth = anatomy.upsample_maps(truth, 5, config.level)
         observed = anatomy.upsample_maps(observed, 5, config.level)
@@ -289,7 +290,7 @@ def simulate_cohort(config: SimulationConfig) -> SimulatedCohort:
         truth[:, ~final_mask] = np.nan
         observed[:, ~final_mask] = np.nan
     return SimulatedCohort(maps=observed.astype(np.float32), truth=truth.astype(np.float32), table=table,
-                           mask=final_mask, level=config.level, hemi=config.hemi, site_maps=site_maps,
+                           mask=final_mask, level=config.level, hemi=hemi_name(config.hemi), site_maps=site_maps,
                            config=config)
 
 

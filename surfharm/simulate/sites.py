@@ -9,7 +9,11 @@ A scan of a site-free map ``t`` (mm) at a site is::
   under-estimated more than thin cortex, a non-linear effect a location/scale model cannot undo);
 * ``S(v) = scale_mean + scale_sd * field``: smooth multiplicative effect;
 * ``A(v) = additive_mean + additive_sd * field``: smooth additive effect (mm);
-* ``noise``: independent per vertex and scan, standard deviation ``noise_sd_mm``.
+* ``noise``: independent per vertex and scan, standard deviation ``noise_sd_mm``;
+* ``covariance`` (optional): ``sum_r c_r phi_r(v)`` with ``covariance_rank`` smooth fields ``phi_r``
+  (FWHM ``covariance_fwhm_mm``, drawn once per site) and scan coefficients ``c_r ~ N(0,
+  covariance_sd_mm^2)``: a low-rank, spatially smooth random component that changes the site's
+  covariance between vertices (a scanner effect that location/scale corrections do not remove).
 
 The fields are smooth Gaussian random fields (:func:`surfharm.simulate.fields.smooth_random_fields`)
 drawn once per site, so every scan of a site carries the same spatial pattern.
@@ -36,6 +40,9 @@ class SiteEffect:
     saturation_mm: float | None = None
     smoothing_fwhm_mm: float = 0.0
     noise_sd_mm: float = 0.05
+    covariance_rank: int = 0
+    covariance_sd_mm: float = 0.0
+    covariance_fwhm_mm: float = 20.0
 
     @classmethod
     def from_dict(cls, values: dict) -> "SiteEffect":
@@ -51,7 +58,8 @@ class SiteEffect:
 
     def check(self, site: str) -> None:
         """Raise ValueError naming the site and the value when an option is out of range."""
-        for name in ("additive_sd", "scale_sd", "field_fwhm_mm", "smoothing_fwhm_mm", "noise_sd_mm"):
+        for name in ("additive_sd", "scale_sd", "field_fwhm_mm", "smoothing_fwhm_mm", "noise_sd_mm",
+                     "covariance_rank", "covariance_sd_mm", "covariance_fwhm_mm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"site {site!r}: {name} must be >= 0, got {getattr(self, name)}")
         if self.scale_mean <= 0:
@@ -66,14 +74,19 @@ class SiteMaps:
 
     additive: np.ndarray
     scale: np.ndarray
+    components: np.ndarray | None = None    # (covariance_rank, V) smooth fields of the random component
 
 
 def draw_site_maps(effect: SiteEffect, vertices: np.ndarray, rng: np.random.Generator) -> SiteMaps:
     """Draw the additive and multiplicative fields of one site on a mesh with ``vertices`` (V, 3)."""
     smoother = gaussian_smoother(vertices, effect.field_fwhm_mm)
     add_field, scale_field = smooth_random_fields(smoother, 2, rng)
+    components = None
+    if effect.covariance_rank > 0:   # drawn after the other fields: sites without it keep their draws
+        components = smooth_random_fields(gaussian_smoother(vertices, effect.covariance_fwhm_mm),
+                                          int(effect.covariance_rank), rng)
     return SiteMaps(additive=effect.additive_mean + effect.additive_sd * add_field,
-                    scale=effect.scale_mean + effect.scale_sd * scale_field)
+                    scale=effect.scale_mean + effect.scale_sd * scale_field, components=components)
 
 
 def apply_site_effect(truth: np.ndarray, effect: SiteEffect, maps: SiteMaps, mask: np.ndarray,
@@ -92,6 +105,9 @@ def apply_site_effect(truth: np.ndarray, effect: SiteEffect, maps: SiteMaps, mas
     if effect.saturation_mm is not None:
         out = effect.saturation_mm * np.tanh(out / effect.saturation_mm)
     out = maps.additive + maps.scale * out
+    if maps.components is not None and effect.covariance_sd_mm > 0:
+        coef = effect.covariance_sd_mm * rng.standard_normal((out.shape[0], maps.components.shape[0]))
+        out = out + coef @ maps.components
     if effect.noise_sd_mm > 0:
         out = out + effect.noise_sd_mm * rng.standard_normal(out.shape)
     return np.where(mask, out, np.nan)

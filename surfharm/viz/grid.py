@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
+from spherical_ops.mesh import Surface
 from surfharm._atomic import atomic_path
+from surfharm.hemispheres import LONG_NAMES
 from surfharm.viz.mesh import MeshError, surface_polydata
-from surfharm.viz.surfaces import Mesh
 
 NAN_COLOR = (0.78, 0.78, 0.78)  # neutral grey for the medial wall / outside cortex
 PANEL_SIZE = (300, 230)  # pixels of one brain view
 
 # Direction from the brain to the camera, and the camera's up vector. Lateral/medial depend on the hemisphere.
 _VIEWS = {
-    ("left", "lateral"): ((-1, 0, 0), (0, 0, 1)), ("left", "medial"): ((1, 0, 0), (0, 0, 1)),
-    ("right", "lateral"): ((1, 0, 0), (0, 0, 1)), ("right", "medial"): ((-1, 0, 0), (0, 0, 1)),
+    ("lh", "lateral"): ((-1, 0, 0), (0, 0, 1)), ("lh", "medial"): ((1, 0, 0), (0, 0, 1)),
+    ("rh", "lateral"): ((1, 0, 0), (0, 0, 1)), ("rh", "medial"): ((-1, 0, 0), (0, 0, 1)),
 }
 _VIEWS_ANY_HEMI = {
     "dorsal": ((0, 0, 1), (0, 1, 0)), "ventral": ((0, 0, -1), (0, 1, 0)),
@@ -35,7 +36,7 @@ VIEWS = ("lateral", "medial", "dorsal", "ventral", "anterior", "posterior")
 
 @dataclass
 class Column:
-    """One column of panels: a hemisphere seen from one side; ``label`` heads the column."""
+    """One column of panels: a hemisphere (``"lh"``/``"rh"``) seen from one side; ``label`` heads the column."""
 
     hemi: str
     view: str
@@ -61,7 +62,7 @@ def columns_for(hemis: Sequence[str], views: Sequence[str], prefix: str = "") ->
             raise MeshError(f"unknown view {view!r}; expected one of {', '.join(VIEWS)}")
     for hemi in hemis:
         for view in views:
-            cols.append(Column(hemi, view, f"{prefix}{hemi} {view}"))
+            cols.append(Column(hemi, view, f"{prefix}{LONG_NAMES.get(hemi, hemi)} {view}"))
     return cols
 
 
@@ -124,7 +125,7 @@ def _bar_groups(rows: list[Row]) -> list[tuple[int, int]]:
     return groups
 
 
-def render_grid(rows: list[Row], columns: list[Column], meshes: dict[str, Mesh], *, title: str | None = None,
+def render_grid(rows: list[Row], columns: list[Column], meshes: dict[str, Surface], *, title: str | None = None,
                 panel_size: tuple[int, int] = PANEL_SIZE, nan_color=NAN_COLOR, off_screen: bool | None = None,
                 screenshot: str | os.PathLike | None = None, zoom: float = 1.0):
     """Draw ``rows`` x ``columns`` panels of maps on ``meshes`` (one per hemisphere); return the Plotter.

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from surfharm.errors import SurfharmError
 
-class MeshError(ValueError):
+
+class MeshError(SurfharmError, ValueError):
     """A mesh or a map that cannot be drawn; the message names the value and what was expected."""
 
 

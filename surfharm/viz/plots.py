@@ -8,7 +8,7 @@ outside cortex), ``sites`` one label per scan. Sites keep one colour across all 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,8 @@ def _stages(before, after, labels: tuple[str, str]) -> dict[str, np.ndarray]:
             raise MeshError(f"{name} maps must be 2-D (n_scans, n_features), got shape {arr.shape}")
     shapes = {arr.shape for arr in stages.values()}
     if len(shapes) > 1:
-        raise MeshError(f"before and after maps differ in shape: {sorted(shapes)}; expected the same scans and features")
+        raise MeshError(f"before and after maps differ in shape: {sorted(shapes)}; "
+                        "expected the same scans and features")
     return stages
 
 
@@ -183,9 +184,10 @@ def plot_pca_by_site(before, sites, after=None, *, labels: tuple[str, str] = ("r
     return fig
 
 
-def plot_age_trajectories(before, sites, age, after=None, *, subjects=None, labels: tuple[str, str] = ("raw", "harmonized"),
-                          age_label: str = "age (years)", quantity: str = "mean thickness", units: str | None = "mm",
-                          log_age: bool = False, output=None):
+def plot_age_trajectories(before, sites, age, after=None, *, subjects=None,
+                          labels: tuple[str, str] = ("raw", "harmonized"), age_label: str = "age (years)",
+                          quantity: str = "mean thickness", units: str | None = "mm", log_age: bool = False,
+                          output=None):
     """Each scan's mean value against age, coloured by site, with a quadratic fit per site.
 
     ``subjects`` (one id per scan) joins the scans of one subject with a thin line (longitudinal
@@ -278,7 +280,8 @@ def plot_method_comparison(metrics, *, metrics_to_show: Sequence[str] | None = N
                             f"{', '.join(map(str, numeric.columns))}")
         numeric = numeric[list(metrics_to_show)]
     if numeric.shape[1] == 0 or numeric.shape[0] == 0:
-        raise MeshError(f"the metrics table has no numeric metric to plot (columns: {', '.join(map(str, table.columns))})")
+        raise MeshError(f"the metrics table has no numeric metric to plot "
+                        f"(columns: {', '.join(map(str, table.columns))})")
     direction = higher_is_better or {}
     n = numeric.shape[1]
     ncols = min(n, 3)

@@ -20,7 +20,12 @@ Layout of a run folder (written by ``surfharm harmonize`` / ``surfharm benchmark
 
 Everything is optional except that a folder must hold maps (table + maps/raw.*) or metrics: a
 benchmark folder without maps gives a report of its metrics and provenance only.
-``.npy`` files are memory-mapped and never unpickled.
+``.npy`` files are memory-mapped and never unpickled. Hidden files (``.NAME.<...>.part.npy``, the
+temporary files of an interrupted write) are not maps.
+
+Incomplete folders are refused (:func:`check_complete`): a folder holding the marker
+``INCOMPLETE`` (present while surfharm writes a folder in place, left behind when the writer was
+stopped), or whose run.json says ``"complete": false`` or lists files (``"files"``) that are missing.
 """
 from __future__ import annotations
 
@@ -32,14 +37,49 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from surfharm.errors import SurfharmError
+
 TABLE_NAMES = ("table.csv", "table.tsv", "cohort.tsv", "cohort.csv")
 METRICS_NAMES = ("metrics.csv", "results.csv")
 MAP_SUFFIXES = (".npy", ".mgh", ".mgz")
 RAW_NAME = "raw"
 
 
-class RunFolderError(ValueError):
+class RunFolderError(SurfharmError, ValueError):
     """A run folder that cannot be reported on; the message names the file and what was expected."""
+
+
+class IncompleteRunError(RunFolderError):
+    """A run folder whose writer did not finish (stopped, failed, or files missing since)."""
+
+
+def check_complete(folder: str | os.PathLike, *, what: str = "run folder") -> None:
+    """Refuse a folder that a surfharm writer did not finish (see the module docstring)."""
+    from surfharm._atomic import INCOMPLETE
+
+    folder = Path(folder)
+    fix = ("re-run the command that wrote it (with --overwrite to replace it), or use another folder")
+    if (folder / INCOMPLETE).exists():
+        raise IncompleteRunError(f"{what} {folder} is incomplete: the run writing it was stopped or failed before "
+                                 f"it finished (it holds {INCOMPLETE}); {fix}")
+    run_json = folder / "run.json"
+    if not run_json.is_file():
+        return
+    try:
+        settings = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # read_run names a damaged run.json
+    if not isinstance(settings, dict):
+        return
+    if settings.get("complete") is False:
+        raise IncompleteRunError(f"{what} {folder} is incomplete: its run.json says the run did not finish; {fix}")
+    files = settings.get("files")
+    if isinstance(files, list):
+        missing = [name for name in files if isinstance(name, str) and not (folder / name).is_file()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise IncompleteRunError(f"{what} {folder} is incomplete: {len(missing)} file(s) of the run are missing "
+                                     f"({shown}); {fix}")
 
 
 @dataclass
@@ -84,9 +124,9 @@ def read_model_metadata(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
     if path.suffix == ".npz":
-        from surfharm.harmonize.base import load_state
+        from surfharm.io.model_files import read_npz
 
-        return load_state(path)[1]
+        return read_npz(path)[1]
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -115,7 +155,8 @@ def _find_maps(folder: Path) -> tuple[Path, dict[str, Path]]:
     if not maps_dir.is_dir():
         raise RunFolderError(f"{folder}: no maps/ folder; expected maps/raw.npy (maps before harmonization) "
                              "and maps/<method>.npy (after)")
-    files = sorted(p for p in maps_dir.iterdir() if p.is_file() and p.suffix in MAP_SUFFIXES)
+    files = sorted(p for p in maps_dir.iterdir()
+                   if p.is_file() and p.suffix in MAP_SUFFIXES and not p.name.startswith("."))
     raw = [p for p in files if p.stem == RAW_NAME]
     if not raw:
         raise RunFolderError(f"{maps_dir}: no raw maps; expected raw.npy (or raw.mgh / raw.mgz) with the "
@@ -125,10 +166,13 @@ def _find_maps(folder: Path) -> tuple[Path, dict[str, Path]]:
 
 
 def read_run(folder: str | os.PathLike) -> RunData:
-    """Read a run folder (layout in the module docstring); maps are checked against the table."""
+    """Read a run folder (layout in the module docstring); maps are checked against the table.
+
+    Raises :class:`IncompleteRunError` for a folder whose writer did not finish."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"run folder {folder} does not exist")
+    check_complete(folder)
     run = RunData(folder=folder)
     if (folder / "maps").is_dir():
         _read_maps_and_table(run)

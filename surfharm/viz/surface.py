@@ -12,14 +12,15 @@ anti-aliasing are fixed, so the same call gives the same picture.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from spherical_ops.mesh import Surface
 from surfharm.viz.grid import PANEL_SIZE, Column, Row, columns_for, render_grid
 from surfharm.viz.mesh import MeshError, check_values
 from surfharm.viz.site_effects import site_deviation_maps, site_effect_map, site_mean_maps
-from surfharm.viz.surfaces import Mesh, mesh_for_map, normalize_hemi, split_hemispheres
+from surfharm.viz.surfaces import mesh_for_map, normalize_hemi, split_hemispheres
 
 SEQUENTIAL_CMAP = "viridis"
 DIVERGING_CMAP = "RdBu_r"
@@ -69,7 +70,7 @@ def _bar_title(label: str, units: str | None) -> str:
     return f"{label} ({units})" if units else label
 
 
-def _as_hemis(values, hemi: str, surface, name: str) -> tuple[dict[str, np.ndarray], dict[str, Mesh]]:
+def _as_hemis(values, hemi: str, surface, name: str) -> tuple[dict[str, np.ndarray], dict[str, Surface]]:
     """Split ``values`` per hemisphere and find each one's mesh; values are cut to the mesh's vertices."""
     per_hemi = split_hemispheres(values, hemi)
     meshes, out = {}, {}
@@ -90,7 +91,7 @@ def _as_hemis(values, hemi: str, surface, name: str) -> tuple[dict[str, np.ndarr
 
 # -- public plotting functions --------------------------------------------------------------------
 
-def plot_surface_map(values, surface="inflated", *, hemi: str = "left", views: Sequence[str] = ("lateral", "medial"),
+def plot_surface_map(values, surface="inflated", *, hemi: str = "lh", views: Sequence[str] = ("lateral", "medial"),
                      cmap: str = SEQUENTIAL_CMAP, clim=None, symmetric: bool = False, label: str = "thickness",
                      units: str | None = "mm", title: str | None = None, mask=None,
                      off_screen: bool | None = None, screenshot=None, panel_size=PANEL_SIZE, zoom: float = 1.0):
@@ -99,9 +100,10 @@ def plot_surface_map(values, surface="inflated", *, hemi: str = "left", views: S
     Parameters
     ----------
     values : (V,) array for ``hemi``; (2V,) left then right with ``hemi="both"``; or a dict
-        ``{"left": (V,), "right": (V,)}``. NaN = outside cortex (grey).
+        ``{"lh": (V,), "rh": (V,)}``. NaN = outside cortex (grey).
     surface : "pial", "white", "inflated" or "sphere" (fsaverage5 from nilearn, any icosahedral
         map size), a FreeSurfer/GIfTI surface path, a ``(vertices, faces)`` pair, or a dict per hemisphere.
+    hemi : "lh" or "rh" ("left"/"right" accepted), or "both".
     views : any of "lateral", "medial", "dorsal", "ventral", "anterior", "posterior".
     cmap, clim : colour map name and (low, high); default clim = 1st-99th percentile (symmetric
         around 0 with ``symmetric=True``, e.g. for differences with a diverging ``cmap``).
@@ -135,7 +137,7 @@ def _apply_mask(per_hemi: dict, mask, hemi: str) -> dict:
     return out
 
 
-def plot_before_after(before, after, surface="inflated", *, hemi: str = "left",
+def plot_before_after(before, after, surface="inflated", *, hemi: str = "lh",
                       views: Sequence[str] = ("lateral", "medial"), cmap: str = SEQUENTIAL_CMAP, clim=None,
                       diff_cmap: str = DIVERGING_CMAP, diff_clim=None, labels: tuple[str, str] = ("raw", "harmonized"),
                       quantity: str = "thickness", units: str | None = "mm", title: str | None = None,
@@ -181,7 +183,7 @@ def _stage_rows(stages: dict[str, dict[str, np.ndarray]], order: list, columns_p
     return rows, columns
 
 
-def plot_site_maps(maps, sites, after=None, surface="inflated", *, covariates=None, hemi: str = "left",
+def plot_site_maps(maps, sites, after=None, surface="inflated", *, covariates=None, hemi: str = "lh",
                    views: Sequence[str] = ("lateral", "medial"), kind: str = "deviation", cmap: str | None = None,
                    clim=None, stage_labels: tuple[str, str] = ("raw", "harmonized"), quantity: str = "thickness",
                    units: str | None = "mm", title: str | None = None, off_screen: bool | None = None,
@@ -230,7 +232,7 @@ def plot_site_maps(maps, sites, after=None, surface="inflated", *, covariates=No
                        screenshot=screenshot)
 
 
-def plot_site_effect(maps, sites, after=None, covariates=None, surface="inflated", *, hemi: str = "left",
+def plot_site_effect(maps, sites, after=None, covariates=None, surface="inflated", *, hemi: str = "lh",
                      views: Sequence[str] = ("lateral", "medial"), cmap: str = PVALUE_CMAP, clim=None,
                      stage_labels: tuple[str, str] = ("raw", "harmonized"), title: str | None = None,
                      off_screen: bool | None = None, screenshot=None, panel_size=PANEL_SIZE):

@@ -10,59 +10,48 @@ V(k) vertices of level k+1 are level k):
 - coarser maps (ic4 2562, ic3 642, ...) draw on the first V(k) fsaverage5 vertices connected by
   the level-k icosahedron's faces.
 
-Hemispheres: ``"left"``/``"right"`` (``"lh"``/``"rh"`` accepted); ``"both"`` means one array holding
-the left hemisphere then the right one (as FreeSurfer/ENIGMA tables and surfharm Cohorts stack them).
+Hemispheres: ``"lh"``/``"rh"`` (``"left"``/``"right"`` accepted, see :mod:`surfharm.hemispheres`);
+``"both"`` means one array holding the left hemisphere then the right one (as FreeSurfer/ENIGMA tables
+and surfharm Cohorts stack them).
+
+Meshes are :class:`spherical_ops.Surface` (as :func:`surfharm.io.read_surface` returns them); their
+``source`` names them in messages.
 """
 from __future__ import annotations
 
-import functools
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
+from spherical_ops.mesh import Surface
+from surfharm.atlas import FSAVERAGE5_SURFACES as SURFACE_NAMES
+from surfharm.hemispheres import HEMIS, HemisphereError, hemi_name
 from surfharm.viz.mesh import MeshError, check_mesh
 
 FSAVERAGE5_VERTICES = 10242
-SURFACE_NAMES = {"pial": "pial", "white": "white", "inflated": "infl", "infl": "infl", "sphere": "sphere"}
-_HEMI_ALIASES = {"left": "left", "lh": "left", "l": "left", "right": "right", "rh": "right", "r": "right"}
-
-
-@dataclass(frozen=True)
-class Mesh:
-    """A triangle mesh to draw on: ``vertices`` (V, 3) float64 in mm, ``faces`` (F, 3) int64; ``name`` for messages."""
-
-    vertices: np.ndarray
-    faces: np.ndarray
-    name: str
-
-    @property
-    def n_vertices(self) -> int:
-        return int(self.vertices.shape[0])
 
 
 def normalize_hemi(hemi: str) -> str:
-    """``"lh"``/``"left"``... -> ``"left"``/``"right"``; ``"both"`` stays ``"both"``."""
-    key = str(hemi).lower()
-    if key == "both":
-        return "both"
-    if key not in _HEMI_ALIASES:
-        raise MeshError(f"hemi={hemi!r} is not a hemisphere; expected 'left', 'right' (or 'lh', 'rh') or 'both'")
-    return _HEMI_ALIASES[key]
+    """``"lh"``/``"left"``... -> ``"lh"``/``"rh"``; ``"both"`` stays ``"both"`` (MeshError otherwise)."""
+    try:
+        return hemi_name(hemi, allow_both=True)
+    except HemisphereError as exc:
+        raise MeshError(str(exc)) from None
 
 
-def split_hemispheres(values, hemi: str = "left") -> dict[str, np.ndarray]:
-    """Return ``{hemi: values}`` for each hemisphere present.
+def split_hemispheres(values, hemi: str = "lh") -> dict[str, np.ndarray]:
+    """Return ``{hemi: values}`` for each hemisphere present, keyed ``"lh"``/``"rh"``.
 
-    ``values`` is a dict ``{"left": ..., "right": ...}`` (either key optional), or an array whose
-    last axis holds vertices of ``hemi``; with ``hemi="both"`` the last axis is split in two equal
-    halves (left then right). Works for one map (V,) and for stacks of maps (n_scans, V).
+    ``values`` is a dict ``{"lh": ..., "rh": ...}`` (either key optional; ``"left"``/``"right"``
+    accepted), or an array whose last axis holds vertices of ``hemi``; with ``hemi="both"`` the last
+    axis is split in two equal halves (left then right). Works for one map (V,) and for stacks of maps
+    (n_scans, V).
     """
     if isinstance(values, dict):
         out = {normalize_hemi(k): np.asarray(v) for k, v in values.items() if v is not None}
         if not out:
             raise MeshError("no map given: the dict of hemispheres is empty")
-        return {h: out[h] for h in ("left", "right") if h in out}
+        return {h: out[h] for h in HEMIS if h in out}
     arr = np.asarray(values)
     side = normalize_hemi(hemi)
     if side != "both":
@@ -70,39 +59,29 @@ def split_hemispheres(values, hemi: str = "left") -> dict[str, np.ndarray]:
     n = arr.shape[-1]
     if n % 2:
         raise MeshError(f"hemi='both' needs the left then the right hemisphere's values (an even count), got {n}")
-    return {"left": arr[..., : n // 2], "right": arr[..., n // 2:]}
+    return {"lh": arr[..., : n // 2], "rh": arr[..., n // 2:]}
 
 
-@functools.lru_cache(maxsize=16)
-def fsaverage5_mesh(surface: str = "inflated", hemi: str = "left") -> Mesh:
+def fsaverage5_mesh(surface: str = "inflated", hemi: str = "lh") -> Surface:
     """nilearn's fsaverage5 mesh (10242 vertices, mm): ``surface`` in pial, white, inflated, sphere."""
-    import nibabel as nib
-    from nilearn import datasets
+    from surfharm.atlas import fsaverage5_surface
 
-    key = SURFACE_NAMES.get(str(surface).lower())
-    if key is None:
+    if str(surface).lower() not in SURFACE_NAMES:
         raise MeshError(f"unknown surface {surface!r}; expected one of {', '.join(sorted(SURFACE_NAMES))} "
                         "or the path of a FreeSurfer/GIfTI surface file")
     side = normalize_hemi(hemi)
     if side == "both":
-        raise MeshError("fsaverage5_mesh draws one hemisphere at a time: hemi must be 'left' or 'right'")
-    path = datasets.fetch_surf_fsaverage("fsaverage5")[f"{key}_{side}"]
-    gii = nib.load(path)
-    coords = gii.agg_data("NIFTI_INTENT_POINTSET")
-    faces = gii.agg_data("NIFTI_INTENT_TRIANGLE")
-    verts, tris = check_mesh(coords, faces, name=str(path))
-    verts.setflags(write=False)
-    tris.setflags(write=False)
-    return Mesh(verts, tris, f"fsaverage5 {key} {side}")
+        raise MeshError("fsaverage5_mesh draws one hemisphere at a time: hemi must be 'lh' or 'rh'")
+    return fsaverage5_surface(surface, side)
 
 
-def read_surface_file(path: str | os.PathLike) -> Mesh:
+def read_surface_file(path: str | os.PathLike) -> Surface:
     """Read a FreeSurfer surface (``lh.pial``, ``lh.white.gz``...) or a GIfTI surface (``.surf.gii``)."""
     from surfharm.io import read_surface
 
     verts, tris = _vertices_faces(read_surface(path))
     verts, tris = check_mesh(verts, tris, name=str(path))
-    return Mesh(verts, tris, str(path))
+    return Surface(verts, tris, str(path))
 
 
 def read_map_file(path: str | os.PathLike, frame: int | None = None) -> np.ndarray:
@@ -119,16 +98,18 @@ def read_map_file(path: str | os.PathLike, frame: int | None = None) -> np.ndarr
             raise MeshError(f"{path} holds {maps.shape[0]} maps (frames); choose one with frame=0..{maps.shape[0] - 1}")
         return np.asarray(maps[0], dtype=np.float64)
     if not -maps.shape[0] <= int(frame) < maps.shape[0]:
-        raise MeshError(f"{path} holds {maps.shape[0]} maps (frames 0..{maps.shape[0] - 1}); frame {frame} does not exist")
+        raise MeshError(f"{path} holds {maps.shape[0]} maps (frames 0..{maps.shape[0] - 1}); "
+                        f"frame {frame} does not exist")
     return np.asarray(maps[int(frame)], dtype=np.float64)
 
 
-def load_surface(surface, hemi: str = "left") -> Mesh:
+def load_surface(surface, hemi: str = "lh") -> Surface:
     """Resolve ``surface`` for one hemisphere.
 
     ``surface`` is a name (pial, white, inflated, sphere: fsaverage5), a file path, a
-    ``(vertices, faces)`` pair, an object with ``.vertices`` and ``.faces`` (surfharm's Surface,
-    spherical_ops' IcoSphere), or a dict ``{"left": ..., "right": ...}`` of any of those.
+    ``(vertices, faces)`` pair, an object with ``.vertices`` and ``.faces`` (a
+    :class:`spherical_ops.Surface`, e.g. an IcoSphere), or a dict ``{"lh": ..., "rh": ...}`` of any of
+    those (``"left"``/``"right"`` keys accepted).
     """
     side = normalize_hemi(hemi)
     if isinstance(surface, dict):
@@ -136,18 +117,17 @@ def load_surface(surface, hemi: str = "left") -> Mesh:
         if side not in given:
             raise MeshError(f"no surface given for the {side} hemisphere (got {', '.join(given)})")
         surface = given[side]
-    if isinstance(surface, Mesh):
-        return surface
     if isinstance(surface, str) and surface.lower() in SURFACE_NAMES:
         return fsaverage5_mesh(surface.lower(), side)
     if isinstance(surface, (str, os.PathLike)):
         return read_surface_file(surface)
     verts, tris = _vertices_faces(surface)
-    verts, tris = check_mesh(verts, tris)
-    return Mesh(verts, tris, "given surface")
+    name = getattr(surface, "source", None) or "given surface"
+    verts, tris = check_mesh(verts, tris, name=name)
+    return Surface(verts, tris, name)
 
 
-def mesh_for_map(surface, hemi: str, n_values: int) -> tuple[Mesh, slice]:
+def mesh_for_map(surface, hemi: str, n_values: int) -> tuple[Surface, slice]:
     """Return the mesh to draw a map of ``n_values`` values on, and the slice of values to draw.
 
     Named surfaces adapt to any icosahedral level (see the module docstring); a user surface must
@@ -161,7 +141,7 @@ def mesh_for_map(surface, hemi: str, n_values: int) -> tuple[Mesh, slice]:
     mesh = load_surface(surface, hemi)
     if not named:
         if mesh.n_vertices != n_values:
-            raise MeshError(f"the map has {n_values} values but the surface {mesh.name} has {mesh.n_vertices} "
+            raise MeshError(f"the map has {n_values} values but the surface {mesh.source} has {mesh.n_vertices} "
                             "vertices; expected one value per vertex")
         return mesh, slice(0, n_values)
     if n_values == FSAVERAGE5_VERTICES:
@@ -173,8 +153,8 @@ def mesh_for_map(surface, hemi: str, n_values: int) -> tuple[Mesh, slice]:
     if n_values > FSAVERAGE5_VERTICES:
         return mesh, slice(0, FSAVERAGE5_VERTICES)
     coarse = icosphere(level_of(n_values))
-    return Mesh(mesh.vertices[:n_values], np.asarray(coarse.faces, dtype=np.int64),
-                f"{mesh.name} (ic{coarse.level})"), slice(0, n_values)
+    return Surface(mesh.vertices[:n_values], np.asarray(coarse.faces, dtype=np.int64),
+                   f"{mesh.source} (ic{coarse.level})"), slice(0, n_values)
 
 
 def _vertices_faces(surface) -> tuple[np.ndarray, np.ndarray]:

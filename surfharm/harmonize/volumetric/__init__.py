@@ -9,22 +9,28 @@ Methods (registry names in brackets; all are :class:`surfharm.harmonize.Harmoniz
   :class:`RAVEL` ("ravel"), :class:`VoxelComBat` ("voxel-combat").
 
 ``fit``/``transform`` take a list of volumes (paths, nibabel images or 3-D arrays) with
-``masks=``, or a 2-D array (n_scans, n_voxels); see :mod:`surfharm.volumetric.base`.
+``masks=``, or a 2-D array (n_scans, n_voxels), with every side datum by keyword
+(``fit(X, sites=s, masks=m)``); see :mod:`surfharm.harmonize.volumetric.base`.
+
+``import surfharm.harmonize`` does not import this package: it is imported, and its methods
+registered, the first time :func:`surfharm.harmonize.get` / :func:`~surfharm.harmonize.available`
+/ :func:`~surfharm.harmonize.load` ask for a name it holds.
 
 Deep volumetric methods (DeepHarmony, CALAMITI, ImUnity, MISPEL, MURD, DeepComBat) are not
 implemented yet. Each will be a module of this package holding a :class:`VolumeHarmonizer`
 subclass registered under its name, with its torch modules under ``surfharm/models/``; the
-fixture (:mod:`.simulate`), the metrics (:mod:`.metrics`) and the benchmark scenario
-(:mod:`.scenario`) already take any registered volumetric method.
+fixture (:mod:`surfharm.simulate.volumes`), the image metrics (:mod:`surfharm.evaluate.image_metrics`)
+and the benchmark scenario (:mod:`surfharm.evaluate.volumetric_scenario`) already take any
+registered volumetric method. NIfTI reading and writing is :mod:`surfharm.io.nifti`.
 """
-from surfharm.volumetric.base import IntensityMapHarmonizer, VolumeHarmonizer
-from surfharm.volumetric.io import VolumeInputError, load_mask, load_volume, save_volume
-from surfharm.volumetric.mica import MICA
-from surfharm.volumetric.nyul import Nyul
-from surfharm.volumetric.ravel import RAVEL
-from surfharm.volumetric.voxel_combat import VoxelComBat
-from surfharm.volumetric.white_stripe import WhiteStripe
-from surfharm.volumetric.zscore import GlobalScaling, ZScore
+from surfharm.harmonize.volumetric.base import IntensityMapHarmonizer, VolumeHarmonizer
+from surfharm.harmonize.volumetric.mica import MICA
+from surfharm.harmonize.volumetric.nyul import Nyul
+from surfharm.harmonize.volumetric.ravel import RAVEL
+from surfharm.harmonize.volumetric.voxel_combat import VoxelComBat
+from surfharm.harmonize.volumetric.white_stripe import WhiteStripe
+from surfharm.harmonize.volumetric.zscore import GlobalScaling, ZScore
+from surfharm.io.nifti import VolumeInputError, load_mask, load_volume, save_volume
 
 #: Registry names of the volumetric methods, in the order reports list them.
 VOLUMETRIC_METHODS = ("zscore", "global-scaling-vol", "white-stripe", "nyul", "mica", "ravel", "voxel-combat")

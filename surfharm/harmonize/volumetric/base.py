@@ -6,16 +6,19 @@ Every volumetric method subclasses :class:`surfharm.harmonize.base.Harmonizer` t
 1. **volumes**: a sequence of 3-D volumes (paths to ``.nii``/``.nii.gz`` files, nibabel images or
    arrays) with ``masks=`` a sequence of brain masks of the same length, one mask for every scan,
    or None (a foreground mask is then derived from each skull-stripped volume, see
-   :func:`surfharm.volumetric.io.derive_mask`). ``transform`` returns a list of float32 3-D arrays,
+   :func:`surfharm.io.nifti.derive_mask`). ``transform`` returns a list of float32 3-D arrays,
    one per scan, on the input's grid.
 2. **matrix**: a 2-D array ``(n_scans, n_voxels)`` whose row ``i`` holds scan ``i``'s voxels
    (NaN = outside its brain mask), as ``surfharm benchmark`` and :mod:`surfharm.evaluate` pass
    features. ``transform`` returns an array of the same shape and NaN pattern.
 
-``sites`` is optional for the per-scan methods (they learn no site parameter) and required by
-voxel-wise ComBat. State is saved with :meth:`VolumeHarmonizer.save` into one ``.npz`` file with
-JSON metadata (:func:`surfharm.harmonize.base.save_state`), read back with
-:meth:`VolumeHarmonizer.load`.
+The calls are those of every harmonizer: ``fit(X, y=None, *, sites=None, masks=None, ...)``,
+``transform(X, *, sites=None, masks=None)`` and ``transform_iter`` likewise, all side data by
+keyword. ``masks`` is per-scan side data (declared in :attr:`VolumeHarmonizer.side_data`, so a
+scikit-learn pipeline routes it with the scans). ``sites`` is optional for the per-scan methods
+(they learn no site parameter: ``requires_sites = False``) and required by voxel-wise ComBat.
+State is saved with :meth:`~surfharm.harmonize.base.Harmonizer.save` into one ``.npz`` file with
+JSON metadata and read back with :func:`surfharm.harmonize.load`.
 
 Two families live on this base:
 
@@ -31,21 +34,20 @@ torch modules under ``surfharm/models/`` and their weights in safetensors with J
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from surfharm.harmonize.base import (
     Harmonizer,
     HarmonizerInputError,
+    StateCheck,
     check_data,
     check_sites,
-    get,
-    load_state,
-    save_state,
 )
-from surfharm.volumetric.io import (
+from surfharm.io.nifti import (
     Volume,
     VolumeInputError,
     check_finite_in_mask,
@@ -150,50 +152,54 @@ def optional_sites(sites, n_scans: int) -> np.ndarray | None:
 
 
 class VolumeHarmonizer(Harmonizer):
-    """Base of the volumetric harmonizers: input forms, save/load (see the module docstring).
+    """Base of the volumetric harmonizers: input forms and the fitted-state plumbing (module docstring).
 
-    Subclasses store their learned state in attributes ending in ``_`` and describe it through
-    :meth:`_state` / :meth:`_set_state`; ``_fitted_attribute`` names the attribute that marks a fit.
+    Subclasses store their learned state in attributes ending in ``_``, name the one that marks a
+    fit in :attr:`fitted_attribute`, and describe their state for the model file with
+    ``_get_state`` / ``_set_state`` (calling this class's first: it keeps the numbers of training scans
+    and of matrix columns).
     """
 
-    _fitted_attribute = "n_scans_fit_"
-    # False for methods that learn nothing (z-score, WhiteStripe): they transform without a fit.
-    _needs_fit = True
+    side_data: ClassVar[tuple[str, ...]] = ("masks",)
+    fitted_attribute: ClassVar[str] = "n_scans_fit_"
+    #: False for methods that learn nothing (z-score, WhiteStripe): they transform without a fit.
+    needs_fit: ClassVar[bool] = True
 
-    def _require_fit(self) -> None:
-        if self._needs_fit:
-            self.check_is_fitted(self._fitted_attribute)
+    def check_is_fitted(self, attribute: str | None = None) -> None:
+        """Raise :class:`~surfharm.harmonize.NotFittedError` unless fitted (methods that learn nothing pass)."""
+        if self.needs_fit:
+            super().check_is_fitted(attribute)
 
-    # -- persistence ------------------------------------------------------------------------------
-    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Learned arrays and JSON-able metadata (besides the parameters)."""
-        return {}, {}
+    def __sklearn_is_fitted__(self) -> bool:
+        return not self.needs_fit or super().__sklearn_is_fitted__()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = self.needs_fit
+        return tags
+
+    # -- the matrix form's columns ----------------------------------------------------------------
+    def _remember_features(self, scans: Scans) -> None:
+        """``n_features_in_``: the number of voxels (columns) of a matrix given to ``fit``; None for volumes."""
+        self.n_features_in_ = scans.matrix.shape[1] if scans.is_matrix else None
+
+    def _check_features(self, scans: Scans) -> None:
+        """Refuse a matrix whose number of voxels differs from the one ``fit`` saw, naming both."""
+        expected = getattr(self, "n_features_in_", None)
+        if scans.is_matrix and expected is not None and scans.matrix.shape[1] != expected:
+            raise VolumeInputError(f"X has {scans.matrix.shape[1]} voxels (columns); this {type(self).__name__} "
+                                   f"was fitted on {expected}: give the voxels of the same grid, in the same order")
+
+    # -- model files ------------------------------------------------------------------------------
+    def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        meta = {"n_scans_fit": int(getattr(self, "n_scans_fit_", 0))}
+        if getattr(self, "n_features_in_", None) is not None:
+            meta["n_features"] = int(self.n_features_in_)
+        return {}, meta
 
     def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        """Inverse of :meth:`_state`."""
-
-    def save(self, path) -> "Any":
-        """Write parameters and learned state to ``path`` (``.npz`` with JSON metadata), atomically."""
-        self._require_fit()
-        arrays, meta = self._state()
-        meta = {"method": self.registry_name, "params": self.get_params(),
-                "n_scans_fit": int(getattr(self, "n_scans_fit_", 0)), **meta}
-        return save_state(path, arrays, meta)
-
-    @classmethod
-    def load(cls, path) -> "VolumeHarmonizer":
-        """Read a model written by :meth:`save`; on the base class, the saved method decides the class."""
-        arrays, meta = load_state(path)
-        method = meta.get("method")
-        target = cls
-        if cls is VolumeHarmonizer or not cls.registry_name:
-            target = get(method)
-        elif method != cls.registry_name:
-            raise ValueError(f"{path} holds a {method!r} model, not {cls.registry_name!r}")
-        est = target(**meta.get("params", {}))
-        est.n_scans_fit_ = int(meta["n_scans_fit"])
-        est._set_state(arrays, meta)
-        return est
+        self.n_scans_fit_ = int(meta.get("n_scans_fit", 0))
+        self.n_features_in_ = int(meta["n_features"]) if meta.get("n_features") is not None else None
 
 
 class IntensityMapHarmonizer(VolumeHarmonizer):
@@ -204,8 +210,10 @@ class IntensityMapHarmonizer(VolumeHarmonizer):
     (:meth:`_fit_summaries`). ``transform`` derives each scan's function from that scan's own
     in-mask intensities (:meth:`_scan_map`) and applies it to every voxel of the volume (inside
     and outside the mask, as the intensity-normalization package does) or to every finite value
-    of a matrix row.
+    of a matrix row. Sites are checked when given but not used.
     """
+
+    requires_sites: ClassVar[bool] = False
 
     def _summarize(self, values: np.ndarray, name: str) -> np.ndarray | None:
         """A small per-scan summary used by :meth:`_fit_summaries` (None: nothing to learn)."""
@@ -220,22 +228,24 @@ class IntensityMapHarmonizer(VolumeHarmonizer):
 
     def intensity_map(self, values: np.ndarray, name: str = "scan") -> IntensityMap:
         """The fitted intensity function of the scan whose in-mask intensities are ``values`` (1-D)."""
-        self._require_fit()
+        self.check_is_fitted()
         return self._scan_map(np.asarray(values, dtype=np.float64), name)
 
-    def fit(self, X, sites=None, covariates=None, *, masks=None) -> "IntensityMapHarmonizer":
-        """Learn from the scans ``X`` (volumes with ``masks``, or a matrix); sites are not used."""
+    def fit(self, X, y=None, *, sites=None, masks=None) -> "IntensityMapHarmonizer":
+        """Learn from the scans ``X`` (volumes with ``masks``, or a matrix); ``sites`` are checked, not used."""
         scans = as_scans(X, masks)
         optional_sites(sites, len(scans))
         self._fit_summaries([self._summarize(scans.values(i), scans.name(i)) for i in range(len(scans))])
         self.n_scans_fit_ = len(scans)
+        self._remember_features(scans)
         return self
 
-    def transform(self, X, sites=None, covariates=None, *, masks=None):
+    def transform(self, X, *, sites=None, masks=None):
         """Harmonized scans: a list of float32 3-D arrays (volumes form) or an array (matrix form)."""
-        self._require_fit()
+        self.check_is_fitted()
         scans = as_scans(X, masks)
         optional_sites(sites, len(scans))
+        self._check_features(scans)
         if scans.is_matrix:
             out = np.full_like(scans.matrix, np.nan)
             for i in range(len(scans)):
@@ -243,11 +253,11 @@ class IntensityMapHarmonizer(VolumeHarmonizer):
                 fmap = self._scan_map(scans.values(i), scans.name(i))
                 out[i, finite] = fmap(scans.matrix[i, finite].astype(np.float64))
             return out
-        return list(self.transform_iter(X, sites, masks=masks))
+        return list(self.transform_iter(X, sites=sites, masks=masks))
 
-    def transform_iter(self, X, sites=None, covariates=None, *, masks=None) -> Iterator[np.ndarray]:
+    def transform_iter(self, X, *, sites=None, masks=None) -> Iterator[np.ndarray]:
         """As :meth:`transform` for the volumes form, one volume at a time (read, map, yield)."""
-        self._require_fit()
+        self.check_is_fitted()
         scans = as_scans(X, masks)
         optional_sites(sites, len(scans))
         for i in range(len(scans)):
@@ -255,14 +265,21 @@ class IntensityMapHarmonizer(VolumeHarmonizer):
 
     def transform_volume(self, volume: Volume, mask: np.ndarray) -> np.ndarray:
         """Harmonize one loaded volume (float32 3-D array out); used by ``transform`` and the CLI."""
-        self._require_fit()
+        self.check_is_fitted()
         fmap = self._scan_map(volume.data[mask].astype(np.float64), volume.name)
         # Every map here sends NaN to NaN, so the whole volume goes through at once. The map runs in
         # float64: WhiteStripe divides by a narrow stripe's sd, where float32 would lose digits.
         return np.asarray(fmap(volume.data.astype(np.float64)), dtype=np.float32)
 
-    def fit_transform(self, X, sites=None, covariates=None, *, masks=None):
-        return self.fit(X, sites, covariates, masks=masks).transform(X, sites, covariates, masks=masks)
+
+def check_increasing(check: StateCheck, name: str, values: np.ndarray, strict: bool = True) -> None:
+    """Refuse a loaded sequence of landmarks or quantiles that is not increasing, naming the file."""
+    from surfharm.errors import ModelFileError
+
+    steps = np.diff(np.asarray(values, dtype=np.float64))
+    if (steps <= 0).any() if strict else (steps < 0).any():
+        raise ModelFileError(f"{check.path}: parameter {name!r} is not {'strictly ' if strict else ''}increasing; "
+                             "the model is damaged: fit it again")
 
 
 def positive_scale(value: float, name: str, what: str) -> float:
@@ -274,4 +291,4 @@ def positive_scale(value: float, name: str, what: str) -> float:
 
 
 __all__ = ["Scans", "as_scans", "VolumeHarmonizer", "IntensityMapHarmonizer", "HarmonizerInputError",
-           "positive_scale", "optional_sites"]
+           "check_increasing", "positive_scale", "optional_sites"]

@@ -15,9 +15,9 @@ Wasserstein barycentre of their intensity distributions). New scans are warped t
 from __future__ import annotations
 
 import numpy as np
-from surfharm.harmonize.base import register
-from surfharm.volumetric.base import IntensityMapHarmonizer, IntensityMap
-from surfharm.volumetric.io import VolumeInputError
+from surfharm.harmonize.base import StateCheck, register
+from surfharm.harmonize.volumetric.base import IntensityMapHarmonizer, IntensityMap, check_increasing
+from surfharm.io.nifti import VolumeInputError
 
 
 def monotone_warp(x_knots: np.ndarray, y_knots: np.ndarray) -> IntensityMap:
@@ -59,9 +59,9 @@ class MICA(IntensityMapHarmonizer):
         Probability left out at each end (the extremes of a histogram are noise).
     """
 
-    _fitted_attribute = "target_quantiles_"
+    fitted_attribute = "target_quantiles_"
 
-    def __init__(self, target="average", n_knots: int = 21, tail: float = 0.005) -> None:
+    def __init__(self, *, target="average", n_knots: int = 21, tail: float = 0.005) -> None:
         self.target = target
         self.n_knots = n_knots
         self.tail = tail
@@ -93,8 +93,15 @@ class MICA(IntensityMapHarmonizer):
     def _scan_map(self, values: np.ndarray, name: str) -> IntensityMap:
         return monotone_warp(np.quantile(values, self.probabilities), self.target_quantiles_)
 
-    def _state(self):
-        return {"target_quantiles": self.target_quantiles_}, {}
+    def _get_state(self):
+        arrays, meta = super()._get_state()
+        return {**arrays, "target_quantiles": self.target_quantiles_}, meta
 
     def _set_state(self, arrays, meta) -> None:
+        super()._set_state(arrays, meta)
         self.target_quantiles_ = arrays["target_quantiles"]
+
+    def _check_state(self, check: StateCheck) -> None:
+        check.shape("target_quantiles", self.target_quantiles_, (int(self.n_knots),))
+        check.finite("target_quantiles", self.target_quantiles_)
+        check_increasing(check, "target_quantiles", self.target_quantiles_, strict=False)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from surfharm.harmonize.base import register
-from surfharm.volumetric.base import IntensityMapHarmonizer, IntensityMap
-from surfharm.volumetric.io import VolumeInputError
+from surfharm.harmonize.base import StateCheck, register
+from surfharm.harmonize.volumetric.base import IntensityMapHarmonizer, IntensityMap, check_increasing
+from surfharm.io.nifti import VolumeInputError
 
 DEFAULT_PERCENTILES = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
 
@@ -42,9 +42,9 @@ class Nyul(IntensityMapHarmonizer):
         Where the first and last landmarks land on the standard scale (default 1 to 100).
     """
 
-    _fitted_attribute = "standard_scale_"
+    fitted_attribute = "standard_scale_"
 
-    def __init__(self, percentiles=DEFAULT_PERCENTILES, scale_range=(1.0, 100.0)) -> None:
+    def __init__(self, *, percentiles=DEFAULT_PERCENTILES, scale_range=(1.0, 100.0)) -> None:
         self.percentiles = percentiles
         self.scale_range = scale_range
 
@@ -72,8 +72,15 @@ class Nyul(IntensityMapHarmonizer):
     def _scan_map(self, values: np.ndarray, name: str) -> IntensityMap:
         return piecewise_linear(self.landmarks(values, name), self.standard_scale_)
 
-    def _state(self):
-        return {"standard_scale": self.standard_scale_}, {}
+    def _get_state(self):
+        arrays, meta = super()._get_state()
+        return {**arrays, "standard_scale": self.standard_scale_}, meta
 
     def _set_state(self, arrays, meta) -> None:
+        super()._set_state(arrays, meta)
         self.standard_scale_ = arrays["standard_scale"]
+
+    def _check_state(self, check: StateCheck) -> None:
+        check.shape("standard_scale", self.standard_scale_, (len(self.percentiles),))
+        check.finite("standard_scale", self.standard_scale_)
+        check_increasing(check, "standard_scale", self.standard_scale_)

@@ -18,17 +18,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from surfharm.harmonize.base import register
-from surfharm.volumetric.base import Scans, VolumeHarmonizer, as_scans, optional_sites
-from surfharm.volumetric.io import VolumeInputError, load_mask
-from surfharm.volumetric.voxelwise import (
+from surfharm.harmonize.base import StateCheck, register
+from surfharm.harmonize.volumetric.base import Scans, VolumeHarmonizer, as_scans, optional_sites
+from surfharm.harmonize.volumetric.voxelwise import (
     DEFAULT_CHUNK,
     analysis_mask,
+    check_analysis_mask,
     chunks,
     prenormalizer,
     voxel_matrix,
     volumes_from_matrix,
 )
+from surfharm.io.nifti import VolumeInputError, load_mask
 
 
 def covariate_matrix(covariates, n_scans: int) -> np.ndarray:
@@ -65,9 +66,16 @@ class RAVEL(VolumeHarmonizer):
         Voxels per chunk of the voxel-wise regression (memory bound, not a result).
     """
 
-    _fitted_attribute = "gamma_"
+    side_data = ("covariates", "masks")
+    requires_sites = False
+    fitted_attribute = "gamma_"
 
-    def __init__(self, n_factors: int = 1, normalize: str | None = "white-stripe",
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False   # every analysis-mask voxel in every scan (a missing one is refused)
+        return tags
+
+    def __init__(self, *, n_factors: int = 1, normalize: str | None = "white-stripe",
                  control_quantile: float = 0.1, chunk_size: int = DEFAULT_CHUNK) -> None:
         self.n_factors = n_factors
         self.normalize = normalize
@@ -77,17 +85,19 @@ class RAVEL(VolumeHarmonizer):
     def _prenormalizer(self):
         return prenormalizer(self.normalize)
 
-    def fit(self, X, sites=None, covariates=None, *, masks=None, control_mask=None) -> "RAVEL":
+    def fit(self, X, y=None, *, sites=None, covariates=None, masks=None, control_mask=None) -> "RAVEL":
         """Learn the unwanted factors and each voxel's loading on them.
 
-        ``control_mask``: the control (CSF) region, a 3-D mask on the scans' grid (path, image or
+        ``sites`` are checked when given but not used; ``covariates`` (one row per scan) are
+        protected. ``control_mask``: the control (CSF) region, a 3-D mask on the scans' grid (path, image or
         array), or in the matrix form a bool vector over the columns; derived when None.
         """
         scans = as_scans(X, masks)
         optional_sites(sites, len(scans))
         k = int(self.n_factors)
         if not 1 <= k < len(scans):
-            raise VolumeInputError(f"n_factors must be between 1 and n_scans - 1 = {len(scans) - 1}, got {self.n_factors}")
+            raise VolumeInputError(f"n_factors must be between 1 and n_scans - 1 = {len(scans) - 1}, "
+                                   f"got {self.n_factors}")
         mask, affine, shape = (None, None, None) if scans.is_matrix else analysis_mask(scans)
         Y = voxel_matrix(scans, mask, affine, scans.name(0), self._prenormalizer()).values
         control = self._control_columns(Y, scans, mask, control_mask)
@@ -119,6 +129,7 @@ class RAVEL(VolumeHarmonizer):
         self.singular_values_ = S
         self.gamma_ = gamma
         self.n_scans_fit_ = len(scans)
+        self._remember_features(scans)
         return self
 
     def _control_columns(self, Y: np.ndarray, scans: Scans, mask, control_mask) -> np.ndarray:
@@ -142,22 +153,23 @@ class RAVEL(VolumeHarmonizer):
         """Unwanted factors ``(n_scans, k)`` of normalized in-mask scans ``Y`` (n_scans, n_voxels)."""
         return (Y[:, self.control_columns_].astype(np.float64) - self.control_mean_) @ self.control_loadings_.T
 
-    def transform(self, X, sites=None, covariates=None, *, masks=None):
+    def transform(self, X, *, sites=None, covariates=None, masks=None):
         """Scans with ``W g_v`` removed in the analysis mask (volumes form: the rest of each volume keeps
         its normalized intensities). Same forms as ``fit``; ``covariates`` are not needed."""
-        out = self.transform_iter(X, sites, covariates, masks=masks)
+        out = self.transform_iter(X, sites=sites, covariates=covariates, masks=masks)
         return out if isinstance(out, np.ndarray) else list(out)
 
-    def transform_iter(self, X, sites=None, covariates=None, *, masks=None):
+    def transform_iter(self, X, *, sites=None, covariates=None, masks=None):
         """As :meth:`transform`, but the volumes form yields one volume at a time."""
-        self._require_fit()
+        self.check_is_fitted()
         scans = as_scans(X, masks)
         optional_sites(sites, len(scans))
         if scans.is_matrix != (self.analysis_mask_ is None):
             raise VolumeInputError("this RAVEL was fitted on a " + ("matrix" if self.analysis_mask_ is None else
                                    "list of volumes") + "; give the same form to transform")
         if scans.is_matrix and scans.matrix.shape[1] != self.gamma_.shape[1]:
-            raise VolumeInputError(f"X has {scans.matrix.shape[1]} voxels; this RAVEL was fitted on {self.gamma_.shape[1]}")
+            raise VolumeInputError(f"X has {scans.matrix.shape[1]} voxels; this RAVEL was fitted on "
+                                   f"{self.gamma_.shape[1]}")
         prenorm = self._prenormalizer()
         Y = voxel_matrix(scans, self.analysis_mask_, self.affine_, "the training scans", prenorm).values
         W = self.factors(Y)
@@ -167,14 +179,11 @@ class RAVEL(VolumeHarmonizer):
             return Y.astype(scans.matrix.dtype)
         return volumes_from_matrix(Y, scans, self.analysis_mask_, prenorm)
 
-    def fit_transform(self, X, sites=None, covariates=None, *, masks=None, control_mask=None):
-        return self.fit(X, sites, covariates, masks=masks, control_mask=control_mask).transform(X, sites, masks=masks)
-
-    def _state(self):
-        arrays = {"gamma": self.gamma_, "control_columns": self.control_columns_, "control_mean": self.control_mean_,
-                  "control_loadings": self.control_loadings_, "factors": self.factors_,
-                  "singular_values": self.singular_values_}
-        meta = {}
+    def _get_state(self):
+        arrays, meta = super()._get_state()
+        arrays = {**arrays, "gamma": self.gamma_, "control_columns": self.control_columns_,
+                  "control_mean": self.control_mean_, "control_loadings": self.control_loadings_,
+                  "factors": self.factors_, "singular_values": self.singular_values_}
         if self.analysis_mask_ is not None:
             arrays["analysis_mask"] = self.analysis_mask_
             meta["grid_shape"] = list(self.grid_shape_)
@@ -183,6 +192,7 @@ class RAVEL(VolumeHarmonizer):
         return arrays, meta
 
     def _set_state(self, arrays, meta) -> None:
+        super()._set_state(arrays, meta)
         self.gamma_ = arrays["gamma"]
         self.control_columns_ = arrays["control_columns"].astype(bool)
         self.control_mean_ = arrays["control_mean"]
@@ -192,6 +202,16 @@ class RAVEL(VolumeHarmonizer):
         self.analysis_mask_ = arrays["analysis_mask"].astype(bool) if "analysis_mask" in arrays else None
         self.affine_ = arrays.get("affine")
         self.grid_shape_ = tuple(meta["grid_shape"]) if "grid_shape" in meta else None
+
+    def _check_state(self, check: StateCheck) -> None:
+        k, n_voxels = check.shape("gamma", self.gamma_, (None, None)).shape
+        check.finite("gamma", self.gamma_)
+        n_control = int(check.shape("control_columns", self.control_columns_, (n_voxels,)).sum())
+        check.shape("control_mean", self.control_mean_, (n_control,))
+        check.shape("control_loadings", self.control_loadings_, (k, n_control))
+        check.finite("control_mean", self.control_mean_)
+        check.finite("control_loadings", self.control_loadings_)
+        check_analysis_mask(check, self.analysis_mask_, self.grid_shape_, n_voxels)
 
 
 __all__ = ["RAVEL", "covariate_matrix"]

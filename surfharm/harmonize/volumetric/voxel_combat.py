@@ -11,16 +11,22 @@ Sites are required (ComBat estimates one location and scale per site and voxel) 
 """
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
-from surfharm.harmonize.base import load_state, register, save_state
+from surfharm.harmonize.base import StateCheck, register
 from surfharm.harmonize.combat import ComBat
-from surfharm.volumetric.base import VolumeHarmonizer, as_scans
-from surfharm.volumetric.io import VolumeInputError
-from surfharm.volumetric.voxelwise import analysis_mask, prenormalizer, voxel_matrix, volumes_from_matrix
+from surfharm.harmonize.volumetric.base import VolumeHarmonizer, as_scans
+from surfharm.harmonize.volumetric.voxelwise import (
+    analysis_mask,
+    check_analysis_mask,
+    prenormalizer,
+    voxel_matrix,
+    volumes_from_matrix,
+)
+from surfharm.io.nifti import VolumeInputError
+
+#: Prefix of the inner ComBat model's arrays in a voxel-wise ComBat model file.
+COMBAT_PREFIX = "combat."
 
 
 @register("voxel-combat")
@@ -33,20 +39,20 @@ class VoxelComBat(VolumeHarmonizer):
         Per-scan normalization before ComBat (None: the intensities as given, e.g. tissue maps).
     combat : dict, optional
         Keyword arguments of :class:`surfharm.harmonize.combat.ComBat` (e.g. ``{"eb": False}``,
-        ``{"reference_site": "scanner1"}``, ``{"smooth_terms": ["age"]}``).
+        ``{"reference_site": "scanner1"}``, ``{"smooth_terms": ["age"]}``); checked by ``fit``.
     """
 
-    _fitted_attribute = "combat_"
+    side_data = ("covariates", "masks")
+    fitted_attribute = "combat_"
 
-    def __init__(self, normalize: str | None = None, combat: dict | None = None) -> None:
+    def __init__(self, *, normalize: str | None = None, combat: dict | None = None) -> None:
         self.normalize = normalize
         self.combat = combat
 
     def _combat(self) -> ComBat:
-        import inspect
-
+        """A new ComBat with the ``combat`` options; unknown options are named with the known ones."""
         params = dict(self.combat or {})
-        known = [p for p in inspect.signature(ComBat.__init__).parameters if p != "self"]
+        known = sorted(ComBat().get_params(deep=False))
         unknown = sorted(set(params) - set(known))
         if unknown:
             raise VolumeInputError(f"combat options {unknown} are not ComBat parameters; known: {known}")
@@ -54,26 +60,28 @@ class VoxelComBat(VolumeHarmonizer):
             params["smooth_terms"] = tuple(params["smooth_terms"])
         return ComBat(**params)
 
-    def fit(self, X, sites, covariates=None, *, masks=None) -> "VoxelComBat":
+    def fit(self, X, y=None, *, sites=None, covariates=None, masks=None) -> "VoxelComBat":
         """Fit ComBat on the analysis-mask voxels of ``X`` (volumes with ``masks``, or a matrix)."""
         if sites is None:
             raise VolumeInputError("voxel-wise ComBat needs the site of every scan (sites=...)")
+        combat = self._combat()
         scans = as_scans(X, masks)
         mask, affine, shape = (None, None, None) if scans.is_matrix else analysis_mask(scans)
         Y = voxel_matrix(scans, mask, affine, scans.name(0), prenormalizer(self.normalize), allow_nan=True).values
-        self.combat_ = self._combat().fit(Y, sites, covariates)
+        self.combat_ = combat.fit(Y, sites=sites, covariates=covariates)
         self.analysis_mask_, self.affine_, self.grid_shape_ = mask, affine, shape
         self.n_scans_fit_ = len(scans)
+        self._remember_features(scans)
         return self
 
-    def transform(self, X, sites, covariates=None, *, masks=None):
+    def transform(self, X, *, sites=None, covariates=None, masks=None):
         """Remove the fitted site effects; voxels outside the analysis mask keep their (normalized) values."""
-        out = self.transform_iter(X, sites, covariates, masks=masks)
+        out = self.transform_iter(X, sites=sites, covariates=covariates, masks=masks)
         return out if isinstance(out, np.ndarray) else list(out)
 
-    def transform_iter(self, X, sites, covariates=None, *, masks=None):
+    def transform_iter(self, X, *, sites=None, covariates=None, masks=None):
         """As :meth:`transform`, but the volumes form yields one volume at a time."""
-        self._require_fit()
+        self.check_is_fitted()
         if sites is None:
             raise VolumeInputError("voxel-wise ComBat needs the site of every scan (sites=...)")
         scans = as_scans(X, masks)
@@ -83,21 +91,18 @@ class VoxelComBat(VolumeHarmonizer):
         prenorm = prenormalizer(self.normalize)
         Y = voxel_matrix(scans, self.analysis_mask_, self.affine_, "the training scans", prenorm,
                          allow_nan=True).values
-        harmonized = self.combat_.transform(Y, sites, covariates)
+        harmonized = self.combat_.transform(Y, sites=sites, covariates=covariates)
         if scans.is_matrix:
             return harmonized.astype(scans.matrix.dtype, copy=False)
         return volumes_from_matrix(harmonized, scans, self.analysis_mask_, prenorm)
 
-    def fit_transform(self, X, sites, covariates=None, *, masks=None):
-        return self.fit(X, sites, covariates, masks=masks).transform(X, sites, covariates, masks=masks)
-
-    # The ComBat model is stored with its own save/load, nested in this file under "combat.*".
-    def _state(self):
-        with tempfile.TemporaryDirectory(prefix="surfharm-") as tmp:
-            path = self.combat_.save(Path(tmp) / "combat.npz")
-            combat_arrays, combat_meta = load_state(path)
-        arrays = {f"combat.{k}": v for k, v in combat_arrays.items()}
-        meta = {"combat": combat_meta}
+    # -- model file: the inner ComBat's arrays under "combat.*", its metadata under "combat" ----------
+    def _get_state(self):
+        arrays, meta = super()._get_state()
+        combat_arrays, combat_meta = self.combat_._get_state()
+        arrays.update({COMBAT_PREFIX + k: v for k, v in combat_arrays.items()})
+        meta["combat"] = {"method": self.combat_.registry_name, "class": type(self.combat_).__name__,
+                          "params": self.combat_._file_params(), **combat_meta}
         if self.analysis_mask_ is not None:
             arrays["analysis_mask"] = self.analysis_mask_
             meta["grid_shape"] = list(self.grid_shape_)
@@ -106,11 +111,30 @@ class VoxelComBat(VolumeHarmonizer):
         return arrays, meta
 
     def _set_state(self, arrays, meta) -> None:
-        combat_arrays = {k.removeprefix("combat."): v for k, v in arrays.items() if k.startswith("combat.")}
-        combat_meta = {k: v for k, v in meta["combat"].items() if k not in ("format_version", "surfharm_version")}
-        with tempfile.TemporaryDirectory(prefix="surfharm-") as tmp:
-            path = save_state(Path(tmp) / "combat.npz", combat_arrays, combat_meta)
-            self.combat_ = ComBat.load(path)
+        super()._set_state(arrays, meta)
+        combat_meta = meta["combat"]
+        combat_arrays = {k[len(COMBAT_PREFIX):]: v for k, v in arrays.items() if k.startswith(COMBAT_PREFIX)}
+        self.combat_ = ComBat._from_file_params("the ComBat model inside this voxel-wise ComBat model",
+                                               combat_meta.get("params", {}))
+        self.combat_._set_state(combat_arrays, combat_meta)
         self.analysis_mask_ = arrays["analysis_mask"].astype(bool) if "analysis_mask" in arrays else None
         self.affine_ = arrays.get("affine")
         self.grid_shape_ = tuple(meta["grid_shape"]) if "grid_shape" in meta else None
+
+    def _check_state(self, check: StateCheck) -> None:
+        self.combat_._check_state(_PrefixedCheck(check.path, COMBAT_PREFIX))
+        check_analysis_mask(check, self.analysis_mask_, self.grid_shape_, self.combat_.n_features_in_)
+
+
+class _PrefixedCheck(StateCheck):
+    """The checks of :class:`StateCheck`, naming parameters as they are stored (``combat.<name>``)."""
+
+    def __init__(self, path, prefix: str):
+        super().__init__(path)
+        self.prefix = prefix
+
+    def shape(self, name: str, array, expected: tuple) -> np.ndarray:
+        return super().shape(self.prefix + name, array, expected)
+
+    def finite(self, name: str, array, where=None, positive: bool = False) -> None:
+        return super().finite(self.prefix + name, array, where, positive)

@@ -8,13 +8,15 @@ chunks of voxels so that no float64 copy of the whole matrix is ever made.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
-from surfharm.volumetric.base import IntensityMapHarmonizer, Scans
-from surfharm.volumetric.io import AFFINE_ATOL, Volume, VolumeInputError, load_volume
+from surfharm.errors import ModelFileError
+from surfharm.harmonize.base import StateCheck
+from surfharm.harmonize.volumetric.base import IntensityMapHarmonizer, Scans
+from surfharm.io.nifti import AFFINE_ATOL, Volume, VolumeInputError, load_volume
 
 DEFAULT_CHUNK = 50_000
 PRENORMALIZERS = ("white-stripe", "zscore", None)
@@ -36,11 +38,11 @@ def prenormalizer(name: str | None) -> IntensityMapHarmonizer | None:
     if name is None:
         return None
     if name == "white-stripe":
-        from surfharm.volumetric.white_stripe import WhiteStripe
+        from surfharm.harmonize.volumetric.white_stripe import WhiteStripe
 
         return WhiteStripe()
     if name == "zscore":
-        from surfharm.volumetric.zscore import ZScore
+        from surfharm.harmonize.volumetric.zscore import ZScore
 
         return ZScore()
     raise VolumeInputError(f"normalize must be one of {PRENORMALIZERS}, got {name!r}")
@@ -132,3 +134,14 @@ def volumes_from_matrix(values: np.ndarray, scans: Scans, mask: np.ndarray,
         data = (vol.data if per_scan is None else per_scan.transform_volume(vol, brain)).astype(np.float32, copy=True)
         data[mask] = values[i]
         yield data
+
+
+def check_analysis_mask(check: StateCheck, mask, grid_shape, n_voxels: int) -> None:
+    """A loaded analysis mask lies on the stored grid and holds one voxel per model feature."""
+    if mask is None:
+        return
+    check.shape("analysis_mask", mask, tuple(grid_shape) if grid_shape is not None else (None,) * 3)
+    if int(mask.sum()) != n_voxels:
+        raise ModelFileError(f"{check.path}: parameter 'analysis_mask' holds {int(mask.sum())} voxels but the "
+                             f"model has {n_voxels}; the model is damaged: fit it again")
+

@@ -11,8 +11,8 @@ import numpy as np
 from scipy import ndimage
 
 from surfharm.harmonize.base import register
-from surfharm.volumetric.base import IntensityMapHarmonizer, IntensityMap, positive_scale
-from surfharm.volumetric.io import VolumeInputError
+from surfharm.harmonize.volumetric.base import IntensityMapHarmonizer, IntensityMap, positive_scale
+from surfharm.io.nifti import VolumeInputError
 
 _N_BINS = 1024
 
@@ -64,9 +64,9 @@ class WhiteStripe(IntensityMapHarmonizer):
         Which histogram peak is white matter: ``"last"`` for T1-weighted, ``"largest"`` for T2/FLAIR.
     """
 
-    _needs_fit = False
+    needs_fit = False
 
-    def __init__(self, width: float = 0.05, peak: str = "last") -> None:
+    def __init__(self, *, width: float = 0.05, peak: str = "last") -> None:
         self.width = width
         self.peak = peak
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from surfharm.harmonize.base import register
-from surfharm.volumetric.base import IntensityMapHarmonizer, IntensityMap, positive_scale
+from surfharm.harmonize.base import StateCheck, register
+from surfharm.harmonize.volumetric.base import IntensityMapHarmonizer, IntensityMap, positive_scale
 
 
 @register("zscore")
@@ -15,7 +15,7 @@ class ZScore(IntensityMapHarmonizer):
     unit is "standard deviations of this brain". Stateless ``fit`` is kept for the protocol.
     """
 
-    _needs_fit = False
+    needs_fit = False
 
     def __init__(self) -> None:
         pass
@@ -34,7 +34,7 @@ class GlobalScaling(IntensityMapHarmonizer):
     scans' intensity unit. ``reference_mean_`` is learned by ``fit``.
     """
 
-    _fitted_attribute = "reference_mean_"
+    fitted_attribute = "reference_mean_"
 
     def __init__(self) -> None:
         pass
@@ -49,8 +49,13 @@ class GlobalScaling(IntensityMapHarmonizer):
         gain = self.reference_mean_ / positive_scale(float(values.mean()), name, "the mean intensity inside the mask")
         return lambda x: x * gain
 
-    def _state(self):
-        return {}, {"reference_mean": self.reference_mean_}
+    def _get_state(self):
+        arrays, meta = super()._get_state()
+        return arrays, {**meta, "reference_mean": self.reference_mean_}
 
     def _set_state(self, arrays, meta) -> None:
+        super()._set_state(arrays, meta)
         self.reference_mean_ = float(meta["reference_mean"])
+
+    def _check_state(self, check: StateCheck) -> None:
+        check.finite("reference_mean", self.reference_mean_, positive=True)

@@ -1,0 +1,287 @@
+"""Paired spherical U-Nets for traveling subjects: the surface counterpart of DeepHarmony.
+
+When some subjects were scanned on several scanners, each scanner's scans of a subject and the
+reference scanner's scans of the same subject form pairs, and a network can learn the mapping from
+them directly (supervised) instead of from unpaired losses. This is a method of its own
+(``paired-unet``), not a mode of CDAE: it needs a side datum CDAE does not (``subjects``), it learns
+one network per scanner instead of a shared autoencoder, and its only target is the reference scanner
+(what the pairs teach); its model files and refusals differ accordingly.
+
+* One residual spherical U-Net (:class:`spherical_ops.IcoUNet`) per scanner other than the reference.
+  Maps are z-scored per vertex with their own site's statistics, as CDAE's; the network predicts a
+  correction added to the input (DeepHarmony's residual), starting at zero: the untrained model is
+  per-vertex mean/std matching to the reference.
+* Loss on each pair: L1 to the reference scan + ``correlation_weight`` x (1 - Pearson r); with
+  ``unpaired_weight`` > 0, scans without a partner add ``unpaired_weight`` x (1 - r(x, mapped)), which keeps
+  each subject's pattern where no pair says what the output should be.
+* Pairs come from ``subjects`` (one label per scan): every scan of a non-reference scanner whose
+  subject also has a reference-scanner scan is paired with it (with each, when there are several).
+  ``fit`` refuses, naming them, scanners without any pair; and scans given as maps of different
+  lengths (different icosahedral levels or vertex counts), which cannot be paired vertex by vertex.
+
+Shapes as CDAE's: ``X`` (n_scans, V) or (n_scans, C, V). ``transform`` maps every scan of a trained
+non-reference scanner to the reference; reference scans are returned unchanged; sites not seen in
+training are refused.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from surfharm.harmonize import _location_scale as ls
+from surfharm.harmonize.base import Harmonizer, HarmonizerInputError, StateCheck, register, require_sites
+from surfharm.harmonize.cdae import _plain, check_maps, icosahedral_level, site_indices
+
+MODEL_FORMAT = "surfharm-paired-unet"
+
+
+@register("paired-unet")
+class PairedUNet(Harmonizer):
+    """Supervised spherical mapping of every scanner to a reference, trained on traveling subjects.
+
+    Parameters
+    ----------
+    reference_site : site label or None
+        The scanner every other is mapped to; None: the first site in sorted order.
+    depth, base_channels : the U-Nets' (:class:`spherical_ops.IcoUNet`).
+    correlation_weight, unpaired_weight : float
+        Loss weights (see the module docstring).
+    epochs, max_steps, batch_size, lr, schedule : optimisation (Adam, cosine schedule by default).
+    min_std_mm, seed, device, checkpoint_dir, checkpoint_every, resume, progress : as CDAE's.
+
+    Learned attributes
+    ------------------
+    sites_, reference_, level_, n_features_in_, n_channels_, mean_, std_, mask_ : as CDAE's
+    n_pairs_ : pairs trained on;  networks_ : the trained :class:`surfharm.training.paired.PairedNetworks`
+    history_ : per-epoch losses
+    """
+
+    side_data = ("subjects",)
+    required_side_data = ("subjects",)
+    model_suffix = ".safetensors"
+    fitted_attribute = "networks_"
+
+    def __init__(self, *, reference_site=None, depth: int = 4, base_channels: int = 16,
+                 correlation_weight: float = 1.0, unpaired_weight: float = 0.0, epochs: int = 50,
+                 max_steps: int | None = None, batch_size: int = 4, lr: float = 1e-3, schedule: str = "cosine",
+                 min_std_mm: float = 0.01, seed: int = 0, device: str = "cpu", checkpoint_dir=None,
+                 checkpoint_every: int = 0, resume: bool = False, progress: bool = False):
+        self.reference_site = reference_site
+        self.depth = depth
+        self.base_channels = base_channels
+        self.correlation_weight = correlation_weight
+        self.unpaired_weight = unpaired_weight
+        self.epochs = epochs
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.lr = lr
+        self.schedule = schedule
+        self.min_std_mm = min_std_mm
+        self.seed = seed
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.progress = progress
+
+    def training_config(self, level: int, n_sites: int, n_channels: int, reference: int):
+        """The :class:`surfharm.training.paired.PairedConfig` this harmonizer trains with."""
+        from surfharm.training.paired import PairedConfig
+
+        try:
+            return PairedConfig(level=level, n_sites=n_sites, reference=reference, in_channels=n_channels,
+                                depth=int(self.depth), base_channels=int(self.base_channels), lr=float(self.lr),
+                                batch_size=int(self.batch_size), epochs=int(self.epochs), max_steps=self.max_steps,
+                                schedule=self.schedule, correlation=float(self.correlation_weight),
+                                unpaired=float(self.unpaired_weight), seed=int(self.seed))
+        except ValueError as exc:
+            raise HarmonizerInputError(f"paired-unet: {exc}") from None
+
+    def fit(self, X, y=None, *, sites=None, subjects=None) -> "PairedUNet":
+        """Train on the pairs of ``X`` (n_scans, V) or (n_scans, C, V) given by ``subjects``."""
+        from surfharm.training.paired import PairedTrainer
+
+        maps, ndim, _ = check_maps(_aligned(X), "paired-unet")
+        maps = maps.astype(np.float32)
+        n, channels, n_vert = maps.shape
+        sites = require_sites(sites, n, "PairedUNet.fit")
+        if subjects is None:
+            raise HarmonizerInputError("paired-unet needs subjects=: one subject label per scan (scans of the same "
+                                       "subject on different sites form the training pairs)")
+        subjects = np.asarray(subjects, dtype=object)
+        if subjects.shape != (n,):
+            raise HarmonizerInputError(f"subjects has shape {subjects.shape}; expected one label per scan ({n})")
+        level = icosahedral_level(n_vert, "paired-unet")
+        self.sites_ = sorted((_plain(s) for s in pd.unique(sites)), key=str)
+        if len(self.sites_) < 2:
+            raise HarmonizerInputError(f"paired-unet needs scans of at least 2 sites, got {self.sites_}")
+        if self.reference_site is not None and self.reference_site not in self.sites_:
+            raise HarmonizerInputError(f"reference_site {self.reference_site!r} is not among the sites {self.sites_}")
+        self.reference_ = self.sites_.index(self.reference_site) if self.reference_site is not None else 0
+        index = site_indices(sites, self.sites_)
+        pairs, unpaired = find_pairs(index, subjects, self.reference_)
+        paired_sites = set(index[pairs[:, 0]].tolist()) if len(pairs) else set()
+        missing = [self.sites_[k] for k in range(len(self.sites_)) if k != self.reference_ and k not in paired_sites]
+        if missing:
+            raise HarmonizerInputError(
+                f"site(s) {missing} have no pairs: none of their subjects was also scanned on the reference site "
+                f"{self.sites_[self.reference_]!r}. paired-unet learns each site's mapping from such pairs; give "
+                "subjects= labels that match across sites, or harmonize those sites with an unpaired method (cdae)")
+        rows = [np.flatnonzero(index == k) for k in range(len(self.sites_))]
+        self.mask_ = np.isfinite(maps).all(axis=(0, 1))
+        self.mask_[self.mask_] = (np.ptp(maps[:, :, self.mask_], axis=0) > 0).all(axis=0)
+        if not self.mask_.any():
+            raise HarmonizerInputError("no vertex is finite and varying in every training scan: "
+                                       "the maps share no cortex")
+        stats = [ls.masked_site_normalisation(maps[:, c], rows, self.mask_, self.min_std_mm) for c in range(channels)]
+        self.mean_ = np.stack([m for m, _ in stats], axis=1)
+        self.std_ = np.stack([s for _, s in stats], axis=1)
+        self.level_, self.n_features_in_, self.n_channels_, self.input_ndim_ = level, n_vert, channels, ndim
+        self.n_pairs_ = int(len(pairs))
+        z, valid = self._zscore(maps, index)
+        config = self.training_config(level, len(self.sites_), channels, self.reference_)
+        checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.safetensors"
+        if checkpoint is not None and not checkpoint.parent.is_dir():
+            raise HarmonizerInputError(f"checkpoint_dir {checkpoint.parent} does not exist")
+        trainer = PairedTrainer(config, torch.from_numpy(z), torch.from_numpy(valid), torch.from_numpy(index),
+                                pairs, unpaired, device=self.device, checkpoint_path=checkpoint,
+                                checkpoint_every=self.checkpoint_every, progress=self.progress,
+                                checkpoint_extra=lambda: ({}, {"sites": self.sites_, "level": self.level_}))
+        if self.resume and checkpoint is not None and checkpoint.exists():
+            extra = trainer.load_checkpoint(checkpoint).get("extra", {})
+            if extra.get("sites") != self.sites_ or extra.get("level") != self.level_:
+                raise HarmonizerInputError(f"checkpoint {checkpoint} was trained on sites {extra.get('sites')} at "
+                                           f"level {extra.get('level')}; these data have {self.sites_} at level "
+                                           f"{self.level_}")
+        self.history_ = trainer.train()
+        self.networks_ = trainer.networks.eval()
+        return self
+
+    def _zscore(self, maps, index):
+        valid = np.isfinite(maps).all(axis=1) & self.mask_
+        z = (np.nan_to_num(maps) - self.mean_[index]) / self.std_[index]
+        return np.where(valid[:, None], z, 0.0).astype(np.float32), valid
+
+    def transform(self, X, *, sites=None, subjects=None, batch_size: int = 8):
+        """Map every scan of a non-reference site to the reference; same shape and dtype as ``X``.
+
+        ``subjects`` is accepted (the declared side datum) and not needed: the mapping is per scan.
+        """
+        self.check_is_fitted()
+        maps, ndim, dtype = check_maps(_aligned(X), "paired-unet")
+        if maps.shape[2] != self.n_features_in_:
+            raise HarmonizerInputError(f"X has {maps.shape[2]} features, but PairedUNet is expecting "
+                                       f"{self.n_features_in_} features as input (level {self.level_}, the level it "
+                                       "was trained at); resample the maps or train a model at this level")
+        if maps.shape[1] != self.n_channels_:
+            raise HarmonizerInputError(f"X has {maps.shape[1]} channel(s) per vertex; the model was trained on "
+                                       f"{self.n_channels_}")
+        sites = require_sites(sites, maps.shape[0], "PairedUNet.transform")
+        unknown = sorted({str(s) for s in sites if s not in self.sites_})
+        if unknown:
+            raise HarmonizerInputError(f"site(s) {unknown} were not seen in training (sites {self.sites_}); the "
+                                       "paired mapping exists only for scanners with traveling subjects")
+        index = site_indices(sites, self.sites_)
+        z, valid = self._zscore(maps, index)
+        out = maps.copy()
+        moving = np.flatnonzero(index != self.reference_)
+        device = next(self.networks_.parameters()).device
+        ref = self.reference_
+        for start in range(0, len(moving), int(batch_size)):
+            r = moving[start:start + int(batch_size)]
+            with torch.no_grad():
+                zt = self.networks_(torch.from_numpy(z[r]).to(device),
+                                    torch.from_numpy(index[r]).to(device)).float().cpu().numpy()
+            out[r] = np.where(valid[r][:, None], zt * self.std_[ref] + self.mean_[ref], maps[r])
+        return out[:, 0] if ndim == 2 else out
+
+    # -- model file ------------------------------------------------------------------------------------
+    def _file_params(self) -> dict:
+        params = super()._file_params()
+        for name in ("checkpoint_dir", "resume", "progress", "device"):
+            params.pop(name)
+        return params
+
+    def _get_state(self):
+        import surfharm
+
+        tensors = {f"networks.{k}": v for k, v in self.networks_.state_dict().items()}
+        tensors.update({"mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
+                        "mask": torch.from_numpy(self.mask_.astype(np.uint8))})
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        meta = {"format": MODEL_FORMAT, "format_version": 1, "surfharm_version": surfharm.__version__,
+                "sites": self.sites_, "reference": self.reference_, "level": self.level_,
+                "n_features": self.n_features_in_, "n_channels": self.n_channels_, "input_ndim": self.input_ndim_,
+                "n_pairs": self.n_pairs_, "history": self.history_}
+        return tensors, meta
+
+    def _set_state(self, arrays, meta) -> None:
+        from surfharm.training.paired import PairedNetworks
+
+        if meta.get("format") != MODEL_FORMAT:
+            raise HarmonizerInputError(f"model metadata names format {meta.get('format')!r}; expected {MODEL_FORMAT!r}")
+        self.sites_, self.reference_ = list(meta["sites"]), int(meta["reference"])
+        self.level_, self.n_features_in_ = int(meta["level"]), int(meta["n_features"])
+        self.n_channels_, self.input_ndim_ = int(meta["n_channels"]), int(meta["input_ndim"])
+        self.n_pairs_, self.history_ = int(meta.get("n_pairs", 0)), meta.get("history", [])
+        self.mean_, self.std_ = arrays["mean"], arrays["std"]
+        self.mask_ = arrays["mask"].astype(bool)
+        net = PairedNetworks(self.training_config(self.level_, len(self.sites_), self.n_channels_, self.reference_))
+        weights = {k[len("networks."):]: torch.from_numpy(v.copy()) for k, v in arrays.items()
+                   if k.startswith("networks.")}
+        missing, unexpected = net.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise KeyError(f"networks weights {sorted(missing)[:3] or sorted(unexpected)[:3]} (shape or architecture "
+                           "differs from the parameters in the file)")
+        self.networks_ = net.to(self.device).eval()
+
+    def _check_state(self, check: StateCheck) -> None:
+        shape = (len(self.sites_), self.n_channels_, self.n_features_in_)
+        check.shape("mask", self.mask_, (self.n_features_in_,))
+        for name in ("mean", "std"):
+            check.shape(name, getattr(self, name + "_"), shape)
+        where = np.broadcast_to(self.mask_, shape)
+        check.finite("mean", self.mean_, where)
+        check.finite("std", self.std_, where, positive=True)
+        for key, value in self.networks_.state_dict().items():
+            if value.is_floating_point():
+                check.finite(f"networks.{key}", value.detach().float().cpu().numpy())
+
+
+def find_pairs(index: np.ndarray, subjects: np.ndarray, reference: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (scan of a non-reference site, reference scan of the same subject) as (n_pairs, 2) rows, and
+    the rows of non-reference scans without a partner."""
+    ref_rows: dict = {}
+    for row in np.flatnonzero(index == reference):
+        ref_rows.setdefault(subjects[row], []).append(row)
+    pairs, unpaired = [], []
+    for row in np.flatnonzero(index != reference):
+        partners = ref_rows.get(subjects[row], [])
+        pairs += [(row, p) for p in partners]
+        if not partners:
+            unpaired.append(row)
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(unpaired, dtype=np.int64)
+
+
+def _aligned(X):
+    """``X`` as an array; a list of per-scan maps of different lengths is refused, naming them."""
+    if isinstance(X, (list, tuple)) and X and all(hasattr(x, "shape") for x in X):
+        shapes = [np.shape(x) for x in X]
+        if len(set(shapes)) > 1:
+            def describe(shape):
+                n = shape[-1]
+                try:
+                    from spherical_ops import level_of
+                    return f"{n} vertices (level {level_of(n)})"
+                except ValueError:
+                    return f"{n} vertices (no icosahedral level)"
+            found = sorted({describe(s) for s in shapes})
+            first = {describe(s): i for i, s in reversed(list(enumerate(shapes)))}
+            raise HarmonizerInputError(
+                "the scans are not aligned: they have " + ", ".join(f"{d} (first at scan {first[d]})" for d in found)
+                + "; pairs are compared vertex by vertex: resample every scan to one icosahedral level first")
+        return np.stack([np.asarray(x) for x in X])
+    return X

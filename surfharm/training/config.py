@@ -1,0 +1,73 @@
+"""The configuration of a training run: :class:`TrainingConfig` (written into every checkpoint)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from surfharm.models import LossWeights
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything that defines a training run (written into every checkpoint).
+
+    Networks: ``level`` (icosahedral level of the maps), ``in_channels`` (map channels, thickness
+    first), ``cond_channels`` (constant conditioning channels, e.g. age), generator ``depth`` /
+    ``base_channels`` / ``residual``, discriminator ``disc_channels`` / ``disc_down`` /
+    ``disc_global``.
+
+    Optimisation: Adam(``lr``, ``betas``) for both networks; ``batch_size`` scans of each domain
+    per process and step; ``epochs`` of ``max(n_X, n_Y) / global batch`` steps, or ``max_steps``.
+    ``schedule``: "step" (the authors': lr x ``lr_gamma`` at each epoch of ``milestones``),
+    "cosine" (to 0 over the run; the default, which suits short runs on small cohorts) or
+    "constant". ``pool_size`` maps in each image pool (the authors' 20). ``weights``: loss weights.
+    ``seed`` fixes initialisation, batches and pool draws. ``amp``: bfloat16 autocast on CUDA.
+    """
+
+    level: int
+    in_channels: int = 1
+    cond_channels: int = 0
+    depth: int = 4
+    base_channels: int = 16
+    residual: bool = False
+    disc_channels: int = 16
+    disc_down: int = 3
+    disc_global: bool = False
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch_size: int = 1
+    epochs: int = 50
+    max_steps: int | None = None
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = (5, 10, 30, 100, 180)
+    lr_gamma: float = 0.5
+    pool_size: int = 20
+    weights: LossWeights = field(default_factory=LossWeights)
+    seed: int = 0
+    amp: bool = True
+
+    def __post_init__(self):
+        if self.schedule not in ("step", "cosine", "constant"):
+            raise ValueError(f"schedule must be 'step', 'cosine' or 'constant', got {self.schedule!r}")
+        for name in ("batch_size", "epochs", "in_channels", "depth", "base_channels", "disc_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ValueError(f"max_steps must be a positive int or None, got {self.max_steps!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["betas"], out["milestones"] = list(self.betas), list(self.milestones)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainingConfig":
+        values = dict(values)
+        values["weights"] = LossWeights(**values.get("weights", {}))
+        values["betas"] = tuple(values.get("betas", (0.5, 0.999)))
+        values["milestones"] = tuple(values.get("milestones", ()))
+        return cls(**values)

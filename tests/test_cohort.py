@@ -5,8 +5,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.spatial import ConvexHull
-from scipy.spatial.transform import Rotation
 
 from spherical_ops import icosphere
 from surfharm import Cohort
@@ -26,16 +24,6 @@ def _table(n=6, **extra):
 
 def _maps(n=6, level=4, seed=0):
     return np.random.default_rng(seed).normal(2.5, 0.3, size=(n, 10 * 4 ** level + 2)).astype(np.float32)
-
-
-def _sphere_reg(n: int, seed: int) -> sio.Surface:
-    """A subject-like sphere.reg: quasi-uniform, non-icosahedral, randomly rotated, radius 100."""
-    i = np.arange(n) + 0.5
-    z = 1 - 2 * i / n
-    phi = np.pi * (1 + 5 ** 0.5) * i
-    v = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], axis=1)
-    v = v @ Rotation.random(random_state=seed).as_matrix().T
-    return sio.Surface(100 * v, ConvexHull(v).simplices.astype(np.int64))
 
 
 def _field(xyz, scale=1.0):
@@ -65,7 +53,8 @@ def test_non_ico_vertex_count_has_no_level():
     (_table().drop(columns="site"), "has no 'site' column"),
     (_table().assign(site=["A", None, "C", "A", "B", "C"]), r"site is missing in row\(s\) \[1\]"),
     (_table(5), "has 5 rows but maps have 6 scans"),
-    (_table().assign(age=["20", "30", "forty", "50", "60", "70"]), r"covariate 'age' is numeric but row\(s\) \[2\] hold \['forty'\]"),
+    (_table().assign(age=["20", "30", "forty", "50", "60", "70"]),
+     r"covariate 'age' is numeric but row\(s\) \[2\] hold \['forty'\]"),
     (_table().assign(subject=["a", "b", "c", "a", "e", "f"]), r"duplicate scan id\(s\) \['a'\]"),
 ])
 def test_invalid_tables(table, message):
@@ -134,8 +123,8 @@ def test_from_files_cuts_fsaverage_maps_by_nesting(tmp_path):
     np.testing.assert_array_equal(c.maps[2], curv[:10242] + 2)
 
 
-def test_from_files_gifti_with_one_shared_sphere(tmp_path):
-    sphere = _sphere_reg(3000, seed=1)
+def test_from_files_gifti_with_one_shared_sphere(tmp_path, sphere_reg):
+    sphere = sphere_reg(3000, seed=1)
     sphere_path = sio.write_surface(tmp_path / "lh.sphere.reg", sphere)
     paths = [sio.write_map(tmp_path / f"s{i}_hemi-L_thickness.shape.gii", _field(sphere.vertices, 1 + 0.1 * i))
              for i in range(3)]
@@ -152,7 +141,7 @@ def test_from_files_refuses_mixed_hemispheres(tmp_path):
 
 
 @pytest.fixture()
-def subjects_dir(tmp_path):
+def subjects_dir(tmp_path, sphere_reg):
     """Three FreeSurfer subjects (two sessions of sub-00), native spheres of different sizes, cortex labels."""
     root = tmp_path / "subjects"
     rows = []
@@ -161,7 +150,7 @@ def subjects_dir(tmp_path):
         label = root / f"{subject}_{session}" / "label"
         surf.mkdir(parents=True)
         label.mkdir()
-        sphere = _sphere_reg(n, seed=i)
+        sphere = sphere_reg(n, seed=i)
         sio.write_surface(surf / "lh.sphere.reg", sphere)
         sio.write_map(surf / "lh.thickness", _field(sphere.vertices, 1 + 0.1 * i))
         u = sphere.vertices / 100

@@ -11,6 +11,8 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
+pytestmark = pytest.mark.slow  # every test runs an example script
+
 
 def run_example(name: str, out: Path, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", [name, "--quick", "--out", str(out)])
@@ -47,3 +49,13 @@ def test_infant_longitudinal(tmp_path, monkeypatch, capsys):
     text = (tmp_path / "infant_benchmark.md").read_text()
     assert "longitudinal combat" in text and "combat (smooth log-age)" in text
     assert np.isfinite([float(x) for x in capsys.readouterr().out.split("raw", 1)[1].split()[:2]]).all()
+
+
+def test_sklearn_pipeline(tmp_path, monkeypatch, capsys):
+    import sklearn
+
+    with sklearn.config_context():                  # the example turns metadata routing on for itself
+        run_example("sklearn_pipeline.py", tmp_path, monkeypatch)
+    result = pd.read_csv(tmp_path / "cross_validation.csv").set_index(["question", "pipeline"])["mean"]
+    site = result.loc["site AUROC (one-vs-rest)"]
+    assert site["raw"] > 0.9 and site["ComBat in each fold"] < site["raw"] - 0.2

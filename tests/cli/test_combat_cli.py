@@ -9,7 +9,7 @@ from surfharm.cli import main
 from surfharm.harmonize import ComBat
 from surfharm.io import read_maps, write_fsgd, write_mgh
 
-DK_CSV = Path(__file__).parent / "data" / "openneuro_dk" / "dk_thickness_4sites.csv"
+DK_CSV = Path(__file__).parents[1] / "data" / "openneuro_dk" / "dk_thickness_4sites.csv"
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,8 @@ def test_fit_and_apply_on_an_roi_table_match_the_python_api(roi_inputs):
                  "--output", str(out_path)])
     assert code == 0
     written = pd.read_csv(out_path)
-    expected = ComBat().fit_transform(data[roi].to_numpy(np.float32), data["dataset"], data[["age", "sex"]])
+    expected = ComBat().fit_transform(data[roi].to_numpy(np.float32), sites=data["dataset"],
+                                      covariates=data[["age", "sex"]])
     assert np.allclose(written[roi].to_numpy(), expected, atol=1e-4)
     # apply the saved model to the same scans: same numbers
     again = folder / "applied.csv"
@@ -113,8 +114,8 @@ def test_longitudinal_fit_with_a_random_slope_matches_the_python_api(tmp_path):
     code = main(["combat", "fit", *inputs, "--longitudinal", "--random-slope", "years",
                  "--model", str(tmp_path / "m.npz"), "--output", str(out)])
     assert code == 0
-    expected = LongComBat(random_slope="years").fit_transform(maps.astype(np.float32), site, table[["years"]],
-                                                            subjects=subjects)
+    expected = LongComBat(random_slope="years").fit_transform(maps.astype(np.float32), sites=site,
+                                                            covariates=table[["years"]], subjects=subjects)
     assert np.allclose(pd.read_csv(out)[rois].to_numpy(), expected, atol=1e-4)
     again = tmp_path / "applied.csv"
     assert main(["combat", "apply", "--model", str(tmp_path / "m.npz"), *inputs, "--output", str(again)]) == 0

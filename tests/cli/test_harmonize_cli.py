@@ -8,39 +8,26 @@ inputs untouched.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.spatial import ConvexHull
-from scipy.spatial.transform import Rotation
 
 from surfharm import cli
 from surfharm import io as sio
 
-DATA = Path(__file__).parent / "data" / "fs_subject1"
+DATA = Path(__file__).parents[1] / "data" / "fs_subject1"
 SITE_SHIFT_MM = {"siteA": 0.0, "siteB": 0.4}
 
 
-def _sphere(n: int, seed: int) -> sio.Surface:
-    """A sphere.reg stand-in: n quasi-uniform points (radius 100), rotated by a seeded rotation."""
-    i = np.arange(n) + 0.5
-    z = 1 - 2 * i / n
-    phi = np.pi * (1 + 5 ** 0.5) * i
-    v = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], axis=1)
-    v = v @ Rotation.random(random_state=seed).as_matrix().T
-    return sio.Surface(100 * v, ConvexHull(v).simplices.astype(np.int64))
-
-
 @pytest.fixture(scope="module")
-def subjects_dir(tmp_path_factory):
+def subjects_dir(tmp_path_factory, sphere_reg):
     """8 scans (4 per site) of the real thickness map with noise, a site shift and an age effect."""
     root = tmp_path_factory.mktemp("subjects")
     thickness = sio.read_map(DATA / "lh.thickness").astype(np.float32)
-    sphere = _sphere(thickness.shape[0], seed=0)  # one sphere shared: the hull is the slow part
+    sphere = sphere_reg(thickness.shape[0], seed=0)  # one sphere shared: the hull is the slow part
     rng = np.random.default_rng(0)
     rows = []
     for k in range(8):
@@ -50,20 +37,16 @@ def subjects_dir(tmp_path_factory):
         surf.mkdir(parents=True)
         sio.write_surface(surf / "lh.sphere.reg", sphere)
         values = thickness + SITE_SHIFT_MM[site] - 0.005 * (age - 40) + rng.normal(0, 0.05, thickness.shape)
-        sio.write_map(surf / "lh.thickness", values.astype(np.float32))
+        sio.write_map(surf / "lh.thickness", np.clip(values, 0, None).astype(np.float32))  # thickness is >= 0
         rows.append({"subject": f"sub-{k:02d}", "site": site, "age": age, "sex": "F" if k % 4 < 2 else "M"})
     participants = root / "participants.tsv"
     pd.DataFrame(rows).to_csv(participants, sep="\t", index=False)
     return root, participants
 
 
-def _digests(folder: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def test_harmonize_subjects_dir_end_to_end_then_apply(subjects_dir, tmp_path, capsys):
+def test_harmonize_subjects_dir_end_to_end_then_apply(subjects_dir, tmp_path, capsys, digests):
     root, participants = subjects_dir
-    before = _digests(root)
+    before = digests(root)
     out = tmp_path / "run"
     code = cli.main(["harmonize", "--subjects-dir", str(root), "--participants", str(participants),
                      "--method", "combat", "--hemi", "lh", "--level", "4", "--space", "both",
@@ -79,7 +62,7 @@ def test_harmonize_subjects_dir_end_to_end_then_apply(subjects_dir, tmp_path, ca
     native = run / "native" / "sub-03" / "surf" / "lh.thickness.harmonized"
     assert sio.read_map(ico).shape == (2562,)
     assert sio.read_map(native).shape == (149244,)
-    assert _digests(root) == before  # inputs untouched
+    assert digests(root) == before  # inputs untouched
 
     raw, harmonized = np.load(run / "maps" / "raw.npy"), np.load(run / "maps" / "combat.npy")
     table = pd.read_csv(run / "table.csv")
@@ -160,7 +143,7 @@ def test_stacked_mgh_and_fsgd(tmp_path, capsys):
 
 
 def test_roi_table(tmp_path, capsys):
-    table = pd.read_csv(Path(__file__).parent / "data" / "openneuro_dk" / "dk_thickness_4sites.csv")
+    table = pd.read_csv(Path(__file__).parents[1] / "data" / "openneuro_dk" / "dk_thickness_4sites.csv")
     table["subject"] = table["dataset"] + "_" + table["subject"]  # ids repeat across datasets
     path = tmp_path / "rois.csv"
     table.to_csv(path, index=False)
@@ -185,6 +168,7 @@ def test_help_has_examples(capsys):
         assert "examples:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_s2sgan_model_is_saved_and_applied(tmp_path, capsys):
     """A learned model goes through the same path: safetensors + JSON written, found and loaded by apply."""
     rng = np.random.default_rng(2)

@@ -10,7 +10,7 @@ from spherical_ops import icosphere
 from surfharm import io as sio
 from surfharm.cli import resample as resample_cli
 
-DATA = Path(__file__).parent / "data" / "fs_subject1"
+DATA = Path(__file__).parents[1] / "data" / "fs_subject1"
 
 
 def _run(argv) -> int:

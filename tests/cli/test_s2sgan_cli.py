@@ -45,6 +45,7 @@ def test_help_has_an_example(capsys):
     assert "surfharm s2sgan train --mgh" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_then_apply_matches_the_python_api(study):
     tmp, maps, table = study
     common = ["--mgh", str(tmp / "lh.thickness.mgh"), "--fsgd", str(tmp / "study.fsgd")]
@@ -57,7 +58,7 @@ def test_train_then_apply_matches_the_python_api(study):
     assert model.sites_ == ["B", "A"] and model.output_mean_ is None
     ab = table["site"].isin(["A", "B"]).to_numpy()
     trained = _read(tmp / "trained.mgh", (ab.sum(), maps.shape[1]))
-    np.testing.assert_array_equal(trained, model.transform(maps[ab], table["site"][ab].to_numpy()))
+    np.testing.assert_array_equal(trained, model.transform(maps[ab], sites=table["site"][ab].to_numpy()))
 
     # apply on A and B scans only (site C is not in the model)
     pair = table[ab].reset_index(drop=True)
@@ -78,11 +79,13 @@ def test_clear_errors(study, capsys):
     code = main(["s2sgan", "apply", *common, "--model", str(tmp / "missing.safetensors"), "-o", str(tmp / "o.mgh")])
     assert code == 2
     assert "missing.safetensors does not exist" in capsys.readouterr().err
-    code = main(["s2sgan", "apply", *common, "--model", str(tmp / "m.safetensors"), "-o", str(tmp / "lh.thickness.mgh")])
+    code = main(["s2sgan", "apply", *common, "--model", str(tmp / "m.safetensors"),
+                 "-o", str(tmp / "lh.thickness.mgh")])
     assert code == 2
-    assert "is the input" in capsys.readouterr().err
+    assert "is one of the inputs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_with_calibration_and_kept_covariates(study):
     tmp, _, _ = study
     path = tmp / "calibrated.safetensors"

@@ -8,7 +8,7 @@ import pytest
 
 from surfharm.cli import CLIError
 from surfharm.cli import volumetric as cli_volumetric
-from surfharm.volumetric import Nyul, VoxelComBat
+from surfharm.harmonize.volumetric import Nyul, VoxelComBat
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 
@@ -75,9 +75,10 @@ def test_voxel_combat_with_table_and_covariates(scans):
     _run("voxel-combat", "apply", *common, "--model", str(scans / "vc.npz"), "--out-dir", str(out))
     table = pd.read_csv(scans / "t.csv")
     files = [str(img / n) for n in table["image"]]
-    est = VoxelComBat(normalize="zscore", combat={"eb": False}).fit(files, table["site"], table[["age"]],
-                                                                   masks=str(mask / "sub-0_T1w.nii.gz"))
-    expected = est.transform(files, table["site"], table[["age"]], masks=str(mask / "sub-0_T1w.nii.gz"))
+    est = VoxelComBat(normalize="zscore", combat={"eb": False}).fit(
+        files, sites=table["site"], covariates=table[["age"]], masks=str(mask / "sub-0_T1w.nii.gz"))
+    expected = est.transform(files, sites=table["site"], covariates=table[["age"]],
+                             masks=str(mask / "sub-0_T1w.nii.gz"))
     for name, e in zip(table["image"], expected):
         written = nib.load(out / name.replace(".nii.gz", "_voxel-combat.nii.gz")).get_fdata()
         np.testing.assert_allclose(written, e, rtol=1e-5, atol=1e-5)
@@ -98,8 +99,8 @@ def test_stateless_methods_apply_without_a_model_and_never_touch_inputs(scans):
      r"ravel has no parameter \['k'\]; its parameters: \['n_factors'"),
     (["nyul", "fit", "--images", "{img}", "--masks", "{img}/sub-0_T1w.nii.gz", "{img}/sub-1_T1w.nii.gz",
       "--model", "{out}/n.npz"], "got 2 masks for 6 scans"),
-    (["zscore", "apply", "--images", "{img}", "--sites", "a", "b", "--out-dir", "{out}"], "got 2 --sites labels for 6 scans"),
-    (["nyul", "fit", "--images", "{img}", "--table", "{root}/t.csv", "--covariates", "weight", "--model", "{out}/n.npz"],
+    (["zscore", "apply", "--images", "{img}", "--sites", "a", "b", "--out-dir", "{out}"], "got 2 --sites labels for 6 scans"),  # noqa: E501
+    (["nyul", "fit", "--images", "{img}", "--table", "{root}/t.csv", "--covariates", "weight", "--model", "{out}/n.npz"],  # noqa: E501
      "has no column 'weight'"),
     (["zscore", "apply", "--images", "{img}", "--out-dir", "{root}/missing"], "is not an existing folder"),
     (["nyul", "fit", "--images", "{root}/t.csv", "--model", "{out}/n.npz"], r"expected a \.nii or \.nii\.gz file"),

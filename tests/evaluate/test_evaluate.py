@@ -9,7 +9,7 @@ from surfharm import harmonize
 from surfharm.evaluate import metrics
 from surfharm.evaluate.crossval import cross_validate, site_folds
 from surfharm.evaluate.methods import MethodSpec
-from surfharm.evaluate.rois import DK_REGIONS, cortex_mask, dk_labels, roi_means
+from surfharm.evaluate.rois import DK_REGIONS, dk_labels, fsaverage_cortex_mask, roi_means
 from surfharm.harmonize.base import HarmonizerInputError
 
 RNG = np.random.default_rng(0)
@@ -131,7 +131,7 @@ def test_dk_labels_and_cortex():
     labels = dk_labels("left", 5)
     assert labels.shape == (10242,) and labels.max() == 33
     assert len(np.unique(labels[labels >= 0])) == 34
-    assert 0.85 < cortex_mask("left", 5).mean() < 0.95
+    assert 0.85 < fsaverage_cortex_mask("left", 5).mean() < 0.95
     np.testing.assert_array_equal(dk_labels("left", 4), labels[:2562])   # nested meshes
     assert dk_labels("right", 6).shape == (40962,)
 
@@ -166,11 +166,11 @@ class _Recorder(harmonize.Harmonizer):
 
     seen: list = []
 
-    def fit(self, X, sites, covariates=None, **kwargs):
+    def fit(self, X, y=None, *, sites=None, covariates=None):
         _Recorder.seen.append(set(np.round(X[:, 0], 9)))
         return self
 
-    def transform(self, X, sites, covariates=None, **kwargs):
+    def transform(self, X, *, sites=None, covariates=None):
         return np.asarray(X, dtype=float)
 
 
@@ -194,47 +194,47 @@ def test_cross_validation_refits_on_training_rows_only(monkeypatch):
 def test_baselines_registered_and_keep_nan(name, tmp_path):
     X, sites = two_site_data(shift=1.0, scale=2.0)
     X[:, 0] = np.nan
-    h = harmonize.get(name)().fit(X + 5, sites)
-    out = h.transform(X + 5, sites)
+    h = harmonize.get(name)().fit(X + 5, sites=sites)
+    out = h.transform(X + 5, sites=sites)
     assert out.shape == X.shape and np.isnan(out[:, 0]).all() and np.isfinite(out[:, 1:]).all()
     loaded = type(h).load(h.save(tmp_path / "model.npz"))
-    np.testing.assert_allclose(loaded.transform(X + 5, sites), out)
+    np.testing.assert_allclose(loaded.transform(X + 5, sites=sites), out)
 
 
 def test_mean_shift_and_mean_std_equalise_sites():
     X, sites = two_site_data(shift=1.0, scale=2.0)
     b = sites == "b"
-    shifted = harmonize.get("mean-shift")().fit_transform(X, sites)
+    shifted = harmonize.get("mean-shift")().fit_transform(X, sites=sites)
     np.testing.assert_allclose(shifted[b].mean(0), shifted[~b].mean(0), atol=1e-12)
-    matched = harmonize.get("mean-std")().fit_transform(X, sites)
+    matched = harmonize.get("mean-std")().fit_transform(X, sites=sites)
     np.testing.assert_allclose(matched[b].std(0, ddof=1), matched[~b].std(0, ddof=1), rtol=1e-10)
 
 
 def test_reference_site_is_returned_unchanged():
     X, sites = two_site_data(shift=1.0, scale=2.0)
     for name in ("mean-shift", "mean-std", "global-scaling"):
-        out = harmonize.get(name)(reference_site="a").fit_transform(X + 3, sites)
+        out = harmonize.get(name)(reference_site="a").fit_transform(X + 3, sites=sites)
         np.testing.assert_allclose(out[sites == "a"], X[sites == "a"] + 3)
 
 
 def test_global_scaling_matches_global_means():
     X, sites = two_site_data(shift=1.0)
     X = X + 5
-    out = harmonize.get("global-scaling")(reference_site="a").fit_transform(X, sites)
+    out = harmonize.get("global-scaling")(reference_site="a").fit_transform(X, sites=sites)
     assert out[sites == "b"].mean() == pytest.approx(X[sites == "a"].mean())
 
 
 def test_baseline_errors_name_the_value():
     X, sites = two_site_data()
-    h = harmonize.get("mean-shift")().fit(X, sites)
+    h = harmonize.get("mean-shift")().fit(X, sites=sites)
     with pytest.raises(HarmonizerInputError, match="'z'"):
-        h.transform(X[:2], ["z", "a"])
+        h.transform(X[:2], sites=["z", "a"])
     with pytest.raises(HarmonizerInputError, match="features"):
-        h.transform(X[:, :5], sites)
+        h.transform(X[:, :5], sites=sites)
     with pytest.raises(HarmonizerInputError, match="reference_site 'q'"):
-        harmonize.get("mean-std")(reference_site="q").fit(X, sites)
+        harmonize.get("mean-std")(reference_site="q").fit(X, sites=sites)
     with pytest.raises(harmonize.NotFittedError):
-        harmonize.get("raw")().transform(X, sites)
+        harmonize.get("raw")().transform(X, sites=sites)
 
 
 def test_method_spec_parsing():

@@ -27,21 +27,24 @@ def test_registered_and_exposed():
     assert harmonize.get("combat") is ComBat
     assert harmonize.get("combat-long") is harmonize.LongComBat
     assert {"combat", "combat-long"} <= set(harmonize.available())
-    assert "reference_site=None" in repr(ComBat())
+    # scikit-learn's repr: the class and the parameters set away from their defaults
+    assert repr(ComBat()) == "ComBat()"
+    assert "reference_site='A'" in repr(ComBat(reference_site="A"))
 
 
 def test_transform_on_training_data_reproduces_fit_transform_exactly():
     # (neuroCombat's neuroCombatFromTraining does not: it replaces the covariate effects by their mean)
     X, sites, cov = _cohort()
-    model = ComBat().fit(X, sites, cov)
-    assert np.array_equal(model.transform(X, sites, cov), ComBat().fit_transform(X, sites, cov))
+    model = ComBat().fit(X, sites=sites, covariates=cov)
+    assert np.array_equal(model.transform(X, sites=sites, covariates=cov),
+                          ComBat().fit_transform(X, sites=sites, covariates=cov))
 
 
 def test_apply_to_new_scans_uses_the_learned_parameters():
     X, sites, cov = _cohort()
     train = np.arange(len(X)) % 4 != 0
-    model = ComBat().fit(X[train], sites[train], cov[train])
-    new = model.transform(X[~train], sites[~train], cov[~train])
+    model = ComBat().fit(X[train], sites=sites[train], covariates=cov[train])
+    new = model.transform(X[~train], sites=sites[~train], covariates=cov[~train])
     # the ComBat formula with the learned state, written out for one new scan
     j = np.flatnonzero(~train)[0]
     i = model.sites_.index(sites[j])
@@ -50,12 +53,12 @@ def test_apply_to_new_scans_uses_the_learned_parameters():
     expected = (X[j] - mean - np.sqrt(model.var_pooled_) * model.gamma_star_[i]) / np.sqrt(model.delta_star_[i]) + mean
     assert np.allclose(new[0], expected, rtol=0, atol=1e-12)
     # one scan at a time gives the same as the batch
-    assert np.allclose(model.transform(X[[j]], sites[[j]], cov.loc[[j]]), new[:1], rtol=0, atol=1e-13)
+    assert np.allclose(model.transform(X[[j]], sites=sites[[j]], covariates=cov.loc[[j]]), new[:1], rtol=0, atol=1e-13)
 
 
 def test_site_effect_is_removed_and_age_effect_kept():
     X, sites, cov = _cohort()
-    out = ComBat(smooth_terms=("age",)).fit_transform(X, sites, cov)
+    out = ComBat(smooth_terms=("age",)).fit_transform(X, sites=sites, covariates=cov)
     growth = 1.2 + 1.3 * (1 - np.exp(-2.5 * cov["age"].to_numpy()))[:, None]
     site_means_before = pd.DataFrame(X - growth).groupby(sites).mean()
     site_means_after = pd.DataFrame(out - growth).groupby(sites).mean()
@@ -65,12 +68,13 @@ def test_site_effect_is_removed_and_age_effect_kept():
 
 def test_save_and_load_round_trip(tmp_path):
     X, sites, cov = _cohort()
-    model = ComBat(smooth_terms=("age",), reference_site="s2").fit(X, sites, cov)
+    model = ComBat(smooth_terms=("age",), reference_site="s2").fit(X, sites=sites, covariates=cov)
     path = model.save(tmp_path / "combat.npz")
     loaded = ComBat.load(path)
     assert loaded.get_params() == model.get_params()
     assert loaded.sites_ == model.sites_
-    assert np.array_equal(loaded.transform(X, sites, cov), model.transform(X, sites, cov))
+    assert np.array_equal(loaded.transform(X, sites=sites, covariates=cov),
+                          model.transform(X, sites=sites, covariates=cov))
     with pytest.raises(ValueError, match="must end in .npz"):
         model.save(tmp_path / "combat.pkl")
 
@@ -79,8 +83,8 @@ def test_loading_another_model_class_is_refused(tmp_path):
     from surfharm.harmonize import LongComBat
 
     X, sites, cov = _cohort()
-    path = ComBat().fit(X, sites, cov).save(tmp_path / "m.npz")
-    with pytest.raises(ValueError, match="holds a 'ComBat' model"):
+    path = ComBat().fit(X, sites=sites, covariates=cov).save(tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="not a LongComBat"):
         LongComBat.load(path)
 
 
@@ -93,15 +97,16 @@ def test_streamed_fit_over_a_memmap_equals_the_in_memory_fit(tmp_path, monkeypat
     mm = np.memmap(path, dtype=np.float32, mode="w+", shape=X.shape)
     mm[:] = X
     mm.flush()
-    in_memory = ComBat().fit(X.astype(np.float32), sites, cov)
+    in_memory = ComBat().fit(X.astype(np.float32), sites=sites, covariates=cov)
     # blocks of 7 scans: many chunks, sites straddling chunk borders
     monkeypatch.setattr(combat_module, "CHUNK_BYTES", 8 * 50 * 7)
-    streamed = ComBat().fit(np.memmap(path, dtype=np.float32, mode="r", shape=X.shape), sites, cov)
+    streamed = ComBat().fit(np.memmap(path, dtype=np.float32, mode="r", shape=X.shape), sites=sites, covariates=cov)
     for name in ("gamma_star_", "delta_star_", "var_pooled_", "grand_mean_", "covariate_coef_"):
         assert np.allclose(getattr(streamed, name), getattr(in_memory, name), rtol=1e-12, atol=1e-12), name
     out = np.memmap(tmp_path / "out.f32", dtype=np.float32, mode="w+", shape=X.shape)
-    streamed.transform(np.memmap(path, dtype=np.float32, mode="r", shape=X.shape), sites, cov, out=out)
-    assert np.allclose(out, in_memory.transform(X.astype(np.float32), sites, cov), equal_nan=True, atol=1e-6)
+    streamed.transform(np.memmap(path, dtype=np.float32, mode="r", shape=X.shape), sites=sites, covariates=cov, out=out)
+    assert np.allclose(out, in_memory.transform(X.astype(np.float32), sites=sites, covariates=cov),
+                       equal_nan=True, atol=1e-6)
 
 
 def test_feature_blocks_and_tiles_give_the_one_block_result(monkeypatch):
@@ -111,16 +116,16 @@ def test_feature_blocks_and_tiles_give_the_one_block_result(monkeypatch):
     X[5, 3] = X[7, 30] = X[8, 31] = np.nan     # missing values in several feature blocks
     X[:, 12] = 2.0                              # a constant feature inside a block
     X[:, 40] = np.nan                           # an all-missing feature
-    whole = ComBat(reference_site="s2").fit(X, sites, cov)
-    expected = whole.transform(X, sites, cov)
+    whole = ComBat(reference_site="s2").fit(X, sites=sites, covariates=cov)
+    expected = whole.transform(X, sites=sites, covariates=cov)
     # blocks of 8 features read in tiles of 3 scans: borders everywhere
     monkeypatch.setattr(combat_module, "FEATURE_BLOCK", 8)
     monkeypatch.setattr(combat_module, "CHUNK_BYTES", 8 * 8 * 3)
-    blocked = ComBat(reference_site="s2").fit(X, sites, cov)
+    blocked = ComBat(reference_site="s2").fit(X, sites=sites, covariates=cov)
     for name in ("gamma_star_", "delta_star_", "gamma_hat_", "delta_hat_", "var_pooled_", "grand_mean_",
                  "covariate_coef_", "unchanged_"):
         assert np.allclose(getattr(blocked, name), getattr(whole, name), rtol=1e-12, atol=1e-12, equal_nan=True), name
-    out = blocked.transform(X, sites, cov)
+    out = blocked.transform(X, sites=sites, covariates=cov)
     assert np.allclose(out, expected, rtol=0, atol=1e-12, equal_nan=True)
     assert np.array_equal(out[sites == "s2"], X[sites == "s2"], equal_nan=True)
     assert np.array_equal(out[:, 12], X[:, 12]) and np.isnan(out[:, 40]).all()
@@ -129,16 +134,16 @@ def test_feature_blocks_and_tiles_give_the_one_block_result(monkeypatch):
 
 def test_float32_in_float32_out():
     X, sites, cov = _cohort()
-    out = ComBat().fit_transform(X.astype(np.float32), sites, cov)
+    out = ComBat().fit_transform(X.astype(np.float32), sites=sites, covariates=cov)
     assert out.dtype == np.float32
-    assert np.allclose(out, ComBat().fit_transform(X, sites, cov), atol=2e-6)
+    assert np.allclose(out, ComBat().fit_transform(X, sites=sites, covariates=cov), atol=2e-6)
 
 
 def test_smooth_term_recovers_a_nonlinear_age_curve_that_a_line_misses():
     X, sites, cov = _cohort()
     # the mean over features follows 1.2 + 1.3 (1 - exp(-2.5 age)): the spline fit should track it
-    spline = ComBat(smooth_terms=("age",), eb=False).fit(X, sites, cov)
-    linear = ComBat(eb=False).fit(X, sites, cov)
+    spline = ComBat(smooth_terms=("age",), eb=False).fit(X, sites=sites, covariates=cov)
+    linear = ComBat(eb=False).fit(X, sites=sites, covariates=cov)
     ages = np.linspace(0.1, 2.9, 30)
     truth = 1.2 + 1.3 * (1 - np.exp(-2.5 * ages))
 
@@ -147,7 +152,8 @@ def test_smooth_term_recovers_a_nonlinear_age_curve_that_a_line_misses():
 
     basis = spline_basis(ages, spline.encoder_.knots["age"])
     err_spline = np.abs(curve(spline, basis) - curve(spline, basis).mean() - (truth - truth.mean())).max()
-    err_linear = np.abs(curve(linear, ages[:, None]) - curve(linear, ages[:, None]).mean() - (truth - truth.mean())).max()
+    err_linear = np.abs(curve(linear, ages[:, None]) - curve(linear, ages[:, None]).mean()
+                        - (truth - truth.mean())).max()
     assert err_spline < 0.05 < err_linear
 
 
@@ -165,6 +171,6 @@ def test_spline_basis_extrapolates_linearly_and_has_no_intercept():
 def test_more_than_one_smooth_term():
     X, sites, cov = _cohort()
     cov = cov.assign(bmi=np.random.default_rng(1).uniform(15, 35, len(cov)))
-    model = ComBat(smooth_terms=("age", "bmi"), spline_df=4).fit(X, sites, cov)
+    model = ComBat(smooth_terms=("age", "bmi"), spline_df=4).fit(X, sites=sites, covariates=cov)
     assert [n.split(":")[0] for n in model.encoder_.names] == ["age"] * 4 + ["sex[M]"] + ["bmi"] * 4
-    assert np.isfinite(model.transform(X, sites, cov)).all()
+    assert np.isfinite(model.transform(X, sites=sites, covariates=cov)).all()

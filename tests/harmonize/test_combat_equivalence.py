@@ -15,7 +15,7 @@ from surfharm.harmonize import ComBat
 
 neuroCombat = pytest.importorskip("neuroCombat", reason="neuroCombat (test extra) is not installed").neuroCombat
 
-DK_CSV = Path(__file__).parent / "data" / "openneuro_dk" / "dk_thickness_4sites.csv"
+DK_CSV = Path(__file__).parents[1] / "data" / "openneuro_dk" / "dk_thickness_4sites.csv"
 CONFIGS = [
     dict(),
     dict(parametric=False),
@@ -51,7 +51,7 @@ def _simulated(seed=1, n_features=300):
 def test_matches_neurocombat_on_simulated_data(config):
     X, table = _simulated()
     expected = _run_neurocombat(X, table, ["sex"], ["age"], **config)
-    got = ComBat(**config).fit_transform(X, table["site"], table[["age", "sex"]])
+    got = ComBat(**config).fit_transform(X, sites=table["site"], covariates=table[["age", "sex"]])
     assert np.abs(got - expected).max() <= 1e-6 * X.std()
 
 
@@ -63,7 +63,7 @@ def test_matches_neurocombat_on_real_dk_thickness(config):
     table = pd.DataFrame({"site": data["dataset"], "age": data["age"].astype(np.float32).astype(float),
                           "sex": data["sex"]})
     expected = _run_neurocombat(X, table, ["sex"], ["age"], **config)
-    got = ComBat(**config).fit_transform(X, table["site"], table[["age", "sex"]])
+    got = ComBat(**config).fit_transform(X, sites=table["site"], covariates=table[["age", "sex"]])
     assert np.abs(got - expected).max() <= 1e-6 * X.std()
     # and the site effect is really removed: the site means of the mean thickness get closer
     before = pd.Series(X.mean(axis=1)).groupby(table["site"]).mean().std()
@@ -78,7 +78,8 @@ def test_reference_site_matches_neurocombat_with_its_numpy_crash_patched(config,
     monkeypatch.setattr(np, "int", int, raising=False)
     X, table = _simulated(seed=3, n_features=120)
     expected = _run_neurocombat(X, table, ["sex"], ["age"], ref_batch="siteB", **config)
-    got = ComBat(reference_site="siteB", **config).fit_transform(X, table["site"], table[["age", "sex"]])
+    got = ComBat(reference_site="siteB", **config).fit_transform(X, sites=table["site"],
+                                                                 covariates=table[["age", "sex"]])
     assert np.abs(got - expected).max() <= 1e-6 * X.std()
     assert np.array_equal(got[table["site"] == "siteB"], X[table["site"] == "siteB"])
 
@@ -101,5 +102,5 @@ def test_reference_site_against_the_formulas_without_eb():
         rows = sites == site
         gamma, delta = s[rows].mean(axis=0), s[rows].var(axis=0, ddof=1)
         expected[rows] = (s[rows] - gamma) / np.sqrt(delta) * np.sqrt(var) + stand[rows]
-    got = ComBat(reference_site="siteB", eb=False).fit_transform(X, sites, table[["age", "sex"]])
+    got = ComBat(reference_site="siteB", eb=False).fit_transform(X, sites=sites, covariates=table[["age", "sex"]])
     assert np.allclose(got, expected, rtol=0, atol=1e-10)

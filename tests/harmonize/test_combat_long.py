@@ -47,7 +47,7 @@ def _dense_reml(y, design, subjects):
 
 def test_reml_matches_a_dense_implementation():
     X, sites, cov, subjects = _longitudinal()
-    model = LongComBat().fit(X, sites, cov, subjects=subjects)
+    model = LongComBat().fit(X, sites=sites, covariates=cov, subjects=subjects)
     design = np.column_stack([sites == "A", sites == "B", cov["age"]]).astype(float)
     for g in range(4):
         lam, beta, sigma2 = _dense_reml(X[:, g], design, subjects)
@@ -59,18 +59,18 @@ def test_reml_matches_a_dense_implementation():
 
 def test_transform_reproduces_fit_transform_and_needs_subjects(tmp_path):
     X, sites, cov, subjects = _longitudinal()
-    model = LongComBat().fit(X, sites, cov, subjects=subjects)
-    out = model.transform(X, sites, cov, subjects=subjects)
-    assert np.array_equal(out, LongComBat().fit_transform(X, sites, cov, subjects=subjects))
+    model = LongComBat().fit(X, sites=sites, covariates=cov, subjects=subjects)
+    out = model.transform(X, sites=sites, covariates=cov, subjects=subjects)
+    assert np.array_equal(out, LongComBat().fit_transform(X, sites=sites, covariates=cov, subjects=subjects))
     loaded = LongComBat.load(model.save(tmp_path / "long.npz"))
-    assert np.array_equal(loaded.transform(X, sites, cov, subjects=subjects), out)
+    assert np.array_equal(loaded.transform(X, sites=sites, covariates=cov, subjects=subjects), out)
     with pytest.raises(HarmonizerInputError, match="subjects="):
-        model.transform(X, sites, cov)
+        model.transform(X, sites=sites, covariates=cov)
 
 
 def test_site_effect_removed_within_subjects():
     X, sites, cov, subjects = _longitudinal(n_subjects=60)
-    out = LongComBat().fit_transform(X, sites, cov, subjects=subjects)
+    out = LongComBat().fit_transform(X, sites=sites, covariates=cov, subjects=subjects)
     # within-subject change between sites, after removing the age trend with the true slope
     def site_gap(data):
         resid = pd.DataFrame(data - 0.3 * cov["age"].to_numpy()[:, None])
@@ -83,8 +83,8 @@ def test_site_effect_removed_within_subjects():
 def test_partly_missing_values_are_refused_whole_nan_features_pass():
     X, sites, cov, subjects = _longitudinal()
     X[:, 3] = np.nan
-    out = LongComBat().fit_transform(X, sites, cov, subjects=subjects)
+    out = LongComBat().fit_transform(X, sites=sites, covariates=cov, subjects=subjects)
     assert np.isnan(out[:, 3]).all() and np.isfinite(np.delete(out, 3, axis=1)).all()
     X[2, 4] = np.nan
     with pytest.raises(HarmonizerInputError, match="feature 4"):
-        LongComBat().fit(X, sites, cov, subjects=subjects)
+        LongComBat().fit(X, sites=sites, covariates=cov, subjects=subjects)

@@ -46,10 +46,10 @@ def test_combat_uses_the_grid_beyond_the_direct_limit(monkeypatch):
     sites = np.repeat(["a", "b"], 25)
     X = rng.normal(0, 1, (50, 3000)) * rng.gamma(30, 1 / 30, 3000) + rng.normal(0, 0.3, 3000)
     X[sites == "b"] = X[sites == "b"] * 1.3 + 0.2
-    exact = ComBat(parametric=False).fit(X, sites)
+    exact = ComBat(parametric=False).fit(X, sites=sites)
     monkeypatch.setattr(combat_module, "DIRECT_NONPARAMETRIC_MAX", 100)
     monkeypatch.setattr(_np_eb, "interpolated", _grid_always(_np_eb.interpolated))
-    fast = ComBat(parametric=False).fit(X, sites)
+    fast = ComBat(parametric=False).fit(X, sites=sites)
     assert [info["method"] for info in fast.nonparametric_info_] == ["interpolated", "interpolated"]
     assert np.abs(fast.gamma_star_ - exact.gamma_star_).max() < 1e-8
     assert np.abs(fast.delta_star_ - exact.delta_star_).max() < 1e-8

@@ -55,7 +55,7 @@ def test_estimates_known_variances_within_their_sampling_error():
     # no site effect, so that the mixed model is the whole truth; 200 independent features
     X, _, sites, cov, subjects, cov_b, _ = _cohort(n_subjects=80, n_features=200, site_scale=1.0, site_shift=0.0,
                                                 correlation=0.4, noise_sd=0.1)
-    model = LongComBat(random_slope="time", eb=False).fit(X, sites, cov, subjects=subjects)
+    model = LongComBat(random_slope="time", eb=False).fit(X, sites=sites, covariates=cov, subjects=subjects)
     estimates = {"sigma2": (model.var_pooled_, 0.1**2), "var intercept": (model.random_cov_[0], cov_b[0, 0]),
                  "covariance": (model.random_cov_[1], cov_b[0, 1]), "var slope": (model.random_cov_[2], cov_b[1, 1])}
     for name, (values, truth) in estimates.items():
@@ -67,7 +67,7 @@ def test_estimates_known_variances_within_their_sampling_error():
 def test_matches_statsmodels_mixedlm():
     smf = pytest.importorskip("statsmodels.formula.api", reason="statsmodels is not installed (peer check only)")
     X, _, sites, cov, subjects, _, _ = _cohort(n_features=4, site_scale=1.0, correlation=0.5)
-    model = LongComBat(random_slope="time").fit(X, sites, cov, subjects=subjects)
+    model = LongComBat(random_slope="time").fit(X, sites=sites, covariates=cov, subjects=subjects)
     for g in range(X.shape[1]):
         table = pd.DataFrame({"y": X[:, g], "site": sites, "time": cov["time"], "subject": subjects})
         with warnings.catch_warnings():
@@ -88,8 +88,8 @@ def test_matches_statsmodels_mixedlm():
 
 def test_without_slope_variation_it_agrees_with_the_intercept_model():
     X, _, sites, cov, subjects, _, _ = _cohort(slope_sd=0.0, n_features=40)
-    slope = LongComBat(random_slope="time").fit(X, sites, cov, subjects=subjects)
-    intercept = LongComBat().fit(X, sites, cov, subjects=subjects)
+    slope = LongComBat(random_slope="time").fit(X, sites=sites, covariates=cov, subjects=subjects)
+    intercept = LongComBat().fit(X, sites=sites, covariates=cov, subjects=subjects)
     # the slope variance is estimated near zero: a slope SD that moves a subject by less than one
     # noise SD over the study's four years (REML puts its estimate above zero by sampling error)
     assert np.median(np.sqrt(slope.random_cov_[2])) < 0.25 * np.sqrt(np.median(slope.var_pooled_))
@@ -98,8 +98,8 @@ def test_without_slope_variation_it_agrees_with_the_intercept_model():
     ratio = slope.var_pooled_ / intercept.var_pooled_
     assert np.median(np.abs(ratio - 1)) < 0.05
     assert np.abs(slope.random_cov_[0] / (intercept.lambda_ * intercept.var_pooled_) - 1).mean() < 0.1
-    out_slope = slope.transform(X, sites, cov, subjects=subjects)
-    out_intercept = intercept.transform(X, sites, cov, subjects=subjects)
+    out_slope = slope.transform(X, sites=sites, covariates=cov, subjects=subjects)
+    out_intercept = intercept.transform(X, sites=sites, covariates=cov, subjects=subjects)
     noise_sd = np.sqrt(intercept.var_pooled_)
     assert (np.sqrt(((out_slope - out_intercept) ** 2).mean(axis=0)) < 0.1 * noise_sd).all()
 
@@ -107,15 +107,16 @@ def test_without_slope_variation_it_agrees_with_the_intercept_model():
 def test_removes_site_effects_and_keeps_subject_slopes_better_than_the_intercept_model():
     X, bio, sites, cov, subjects, _, _ = _cohort()
     time = cov["time"].to_numpy()
-    slope = LongComBat(random_slope="time", reference_site="A").fit_transform(X, sites, cov, subjects=subjects)
-    intercept = LongComBat(reference_site="A").fit_transform(X, sites, cov, subjects=subjects)
+    slope = LongComBat(random_slope="time", reference_site="A").fit_transform(X, sites=sites, covariates=cov,
+                                                                              subjects=subjects)
+    intercept = LongComBat(reference_site="A").fit_transform(X, sites=sites, covariates=cov, subjects=subjects)
 
     def site_gap(data):  # location: B minus A, of the difference from the site-A-measured data
         diff = data - bio
         return np.abs(diff[sites == "B"].mean(axis=0) - diff[sites == "A"].mean(axis=0)).mean()
 
     def refit_gaps(data):  # the model's own site estimates, refitted on the data: location and scale gaps
-        refit = LongComBat(random_slope="time", eb=False).fit(data, sites, cov, subjects=subjects)
+        refit = LongComBat(random_slope="time", eb=False).fit(data, sites=sites, covariates=cov, subjects=subjects)
         return (np.abs(refit.site_coef_[1] - refit.site_coef_[0]).mean(),
                 np.abs(np.log(refit.delta_hat_[1] / refit.delta_hat_[0])).mean())
 
@@ -137,26 +138,26 @@ def test_transform_reproduces_fit_transform_and_save_load_round_trip(tmp_path, m
     X, _, sites, cov, subjects, _, _ = _cohort(n_features=10)
     X[:, 4] = np.nan          # medial wall: returned as NaN
     X[:, 7] = 3.0             # constant: returned unchanged
-    model = LongComBat(random_slope="time").fit(X, sites, cov, subjects=subjects)
-    out = model.transform(X, sites, cov, subjects=subjects)
-    assert np.array_equal(out, LongComBat(random_slope="time").fit_transform(X, sites, cov, subjects=subjects),
-                          equal_nan=True)
+    model = LongComBat(random_slope="time").fit(X, sites=sites, covariates=cov, subjects=subjects)
+    out = model.transform(X, sites=sites, covariates=cov, subjects=subjects)
+    refit = LongComBat(random_slope="time").fit_transform(X, sites=sites, covariates=cov, subjects=subjects)
+    assert np.array_equal(out, refit, equal_nan=True)
     assert np.isnan(out[:, 4]).all() and np.array_equal(out[:, 7], X[:, 7])
     # in place (e.g. a writable memory map), in blocks of 3 features: each block's subject lines are
     # predicted before the block is overwritten
     monkeypatch.setattr(combat_module, "FEATURE_BLOCK", 3)
     in_place = X.copy()
-    assert model.transform(in_place, sites, cov, subjects=subjects, out=in_place) is in_place
+    assert model.transform(in_place, sites=sites, covariates=cov, subjects=subjects, out=in_place) is in_place
     assert np.allclose(in_place, out, rtol=0, atol=1e-12, equal_nan=True)
     monkeypatch.undo()
     loaded = LongComBat.load(model.save(tmp_path / "long_slope.npz"))
     assert loaded.random_slope == "time"
     assert np.array_equal(loaded.random_cov_, model.random_cov_)
-    assert np.array_equal(loaded.transform(X, sites, cov, subjects=subjects), out, equal_nan=True)
+    assert np.array_equal(loaded.transform(X, sites=sites, covariates=cov, subjects=subjects), out, equal_nan=True)
     # new scans of known subjects: their lines are predicted from the scans given
     part = np.flatnonzero(np.isin(subjects, pd.unique(subjects)[:5]))
-    assert np.isfinite(np.delete(loaded.transform(X[part], sites[part], cov.iloc[part], subjects=subjects[part]),
-                                 4, axis=1)).all()
+    assert np.isfinite(np.delete(loaded.transform(X[part], sites=sites[part], covariates=cov.iloc[part],
+                                                  subjects=subjects[part]), 4, axis=1)).all()
 
 
 def test_subjects_with_one_scan_are_kept():
@@ -165,8 +166,9 @@ def test_subjects_with_one_scan_are_kept():
     first = ~pd.Series(subjects).duplicated().to_numpy()
     single = np.isin(subjects, pd.unique(subjects)[::3])
     keep = ~single | first
-    model = LongComBat(random_slope="time").fit(X[keep], sites[keep], cov[keep], subjects=subjects[keep])
-    out = model.transform(X[keep], sites[keep], cov[keep], subjects=subjects[keep])
+    model = LongComBat(random_slope="time").fit(X[keep], sites=sites[keep], covariates=cov[keep],
+                                                subjects=subjects[keep])
+    out = model.transform(X[keep], sites=sites[keep], covariates=cov[keep], subjects=subjects[keep])
     assert np.isfinite(out).all()
     assert (model.random_cov_[2] > 0).all()
 
@@ -174,30 +176,33 @@ def test_subjects_with_one_scan_are_kept():
 def test_clear_errors():
     X, _, sites, cov, subjects, _, _ = _cohort(n_features=4)
     with pytest.raises(HarmonizerInputError, match=r"random_slope='years' is not a covariate column.*'time'"):
-        LongComBat(random_slope="years").fit(X, sites, cov, subjects=subjects)
+        LongComBat(random_slope="years").fit(X, sites=sites, covariates=cov, subjects=subjects)
     with pytest.raises(HarmonizerInputError, match="'visit' must be numeric"):
-        LongComBat(random_slope="visit").fit(X, sites, cov.assign(visit="v" + cov["time"].round().astype(str)),
+        LongComBat(random_slope="visit").fit(X, sites=sites,
+                                             covariates=cov.assign(visit="v" + cov["time"].round().astype(str)),
                                              subjects=subjects)
     with pytest.raises(HarmonizerInputError, match="pandas DataFrame"):
-        LongComBat(random_slope="time").fit(X, sites, cov.to_numpy(), subjects=subjects)
+        LongComBat(random_slope="time").fit(X, sites=sites, covariates=cov.to_numpy(), subjects=subjects)
     # every subject scanned once: no slope can vary between subjects
     once = ~pd.Series(subjects).duplicated().to_numpy()
     with pytest.raises(HarmonizerInputError, match="at least 2 subjects scanned at 2 or more"):
-        LongComBat(random_slope="time").fit(X[once], sites[once], cov[once], subjects=subjects[once])
-    model = LongComBat(random_slope="time").fit(X, sites, cov, subjects=subjects)
+        LongComBat(random_slope="time").fit(X[once], sites=sites[once], covariates=cov[once], subjects=subjects[once])
+    model = LongComBat(random_slope="time").fit(X, sites=sites, covariates=cov, subjects=subjects)
     with pytest.raises(HarmonizerInputError, match=r"fitted with \['time'\]"):
-        model.transform(X, sites, cov.rename(columns={"time": "t"}), subjects=subjects)
+        model.transform(X, sites=sites, covariates=cov.rename(columns={"time": "t"}), subjects=subjects)
 
 
 @pytest.mark.parametrize("random_slope", [None, "time"])
 def test_with_a_reference_site_the_other_site_takes_its_scale(random_slope):
     X, _, sites, cov, subjects, _, _ = _cohort(site_scale=1.5)
-    model = LongComBat(random_slope=random_slope, reference_site="A").fit(X, sites, cov, subjects=subjects)
-    out = model.transform(X, sites, cov, subjects=subjects)
+    model = LongComBat(random_slope=random_slope, reference_site="A").fit(X, sites=sites, covariates=cov,
+                                                                          subjects=subjects)
+    out = model.transform(X, sites=sites, covariates=cov, subjects=subjects)
     assert np.array_equal(out[sites == "A"], X[sites == "A"])
 
     def log_scale_ratio(data):  # B over A, of the residuals about each subject's fitted line, by the model itself
-        refit = LongComBat(random_slope=random_slope, eb=False).fit(data, sites, cov, subjects=subjects)
+        refit = LongComBat(random_slope=random_slope, eb=False).fit(data, sites=sites, covariates=cov,
+                                                                    subjects=subjects)
         return np.log(refit.delta_hat_[1] / refit.delta_hat_[0]).mean()
 
     before, after = log_scale_ratio(X), log_scale_ratio(out)

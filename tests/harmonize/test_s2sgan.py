@@ -45,14 +45,15 @@ def pair():
 def test_registered_and_unfitted():
     assert harmonize.get("s2sgan") is S2SGAN
     with pytest.raises(NotFittedError):
-        tiny().transform(np.zeros((1, V3)), ["A"])
+        tiny().transform(np.zeros((1, V3)), sites=["A"])
 
 
+@pytest.mark.slow
 def test_transform_maps_source_keeps_target_and_nan(pair):
     X, sites, cov = pair
-    model = tiny(source="B", target="A").fit(X, sites, cov)
+    model = tiny(source="B", target="A").fit(X, sites=sites, covariates=cov)
     assert model.sites_ == ["B", "A"] and model.level_ == 3
-    out = model.transform(X, sites)
+    out = model.transform(X, sites=sites)
     assert out.shape == X.shape and out.dtype == np.float32
     np.testing.assert_array_equal(np.isnan(out), np.isnan(X))
     np.testing.assert_array_equal(out[sites == "A"], X[sites == "A"])
@@ -61,28 +62,29 @@ def test_transform_maps_source_keeps_target_and_nan(pair):
     target_mean = np.mean(X[sites == "A"][:, 20:], axis=0)
     assert np.mean(np.abs(out[sites == "B"][:, 20:].mean(0) - target_mean)) < \
         np.mean(np.abs(X[sites == "B"][:, 20:].mean(0) - target_mean))
-    reverse = model.transform(X, sites, direction="reverse")
+    reverse = model.transform(X, sites=sites, direction="reverse")
     np.testing.assert_array_equal(reverse[sites == "B"], X[sites == "B"])
     assert not np.allclose(reverse[sites == "A"][:, 20:], X[sites == "A"][:, 20:])
 
 
+@pytest.mark.slow
 def test_calibration_matches_the_other_sites_moments_on_the_training_scans(pair):
     """Calibrated outputs of the training scans have the other site's per-vertex mean and SD exactly;
     without calibration the generator's output is used as it is (and differs)."""
     X, sites, cov = pair
-    model = tiny(source="B", target="A", calibrate=True).fit(X, sites, cov)
-    raw = tiny(source="B", target="A").fit(X, sites, cov)
+    model = tiny(source="B", target="A", calibrate=True).fit(X, sites=sites, covariates=cov)
+    raw = tiny(source="B", target="A").fit(X, sites=sites, covariates=cov)
     assert model.output_mean_.shape == (2, V3) and raw.output_mean_ is None
     cortex = slice(20, None)
     for domain, (direction, moving, other) in enumerate((("forward", "B", "A"), ("reverse", "A", "B"))):
-        out = model.transform(X, sites, direction=direction)[sites == moving][:, cortex].astype(np.float64)
+        out = model.transform(X, sites=sites, direction=direction)[sites == moving][:, cortex].astype(np.float64)
         ref = X[sites == other][:, cortex].astype(np.float64)
         np.testing.assert_allclose(out.mean(0), ref.mean(0), atol=2e-4)
         # The SD is matched where the generator's own output SD is above the 0.05 z floor.
         free = model.output_std_[domain, cortex] > 0.05
         assert free.mean() > 0.5
         np.testing.assert_allclose(out.std(0)[free], ref.std(0)[free], rtol=2e-3)
-        uncalibrated = raw.transform(X, sites, direction=direction)[sites == moving][:, cortex]
+        uncalibrated = raw.transform(X, sites=sites, direction=direction)[sites == moving][:, cortex]
         assert np.abs(uncalibrated.mean(0) - ref.mean(0)).max() > 1e-2
 
 
@@ -97,6 +99,7 @@ class _Identity(torch.nn.Module):
         return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [False, True])
 def test_kept_covariates_survive_the_site_normalisation(keep):
     """Site A is older than site B; thickness falls 0.01 mm per year and B reads 0.3 mm thicker. With
@@ -108,19 +111,21 @@ def test_kept_covariates_survive_the_site_normalisation(keep):
     X = (3.0 - 0.01 * age[:, None] + 0.3 * (sites == "B")[:, None]
          + 0.02 * rng.standard_normal((16, V3))).astype(np.float32)
     cov = pd.DataFrame({"age": age})
-    model = tiny(source="A", target="B", max_steps=1, keep_covariates=("age",) if keep else ()).fit(X, sites, cov)
+    model = tiny(source="A", target="B", max_steps=1, keep_covariates=("age",) if keep else ())
+    model.fit(X, sites=sites, covariates=cov)
     model.generator_xy_ = _Identity()
-    out = model.transform(X, sites, cov)[sites == "A"].mean(axis=1)
+    out = model.transform(X, sites=sites, covariates=cov)[sites == "A"].mean(axis=1)
     if keep:
         # Slope SE per vertex 0.0008 (noise 0.02 mm over 16 ages).
         assert abs(model.keep_beta_[0].mean() + 0.01) < 3e-4 and np.abs(model.keep_beta_[0] + 0.01).max() < 4e-3
         np.testing.assert_allclose(out, 3.3 - 0.01 * age[sites == "A"], atol=0.01)
         with pytest.raises(HarmonizerInputError, match="keep_covariates=\\['age'\\] needs covariates"):
-            model.transform(X, sites)
+            model.transform(X, sites=sites)
     else:
         assert abs(out.mean() - X[sites == "B"].mean()) < 0.01          # the 0.4 mm age gap is gone
 
 
+@pytest.mark.slow
 def test_per_site_slopes_give_mapped_scans_the_target_slope():
     """Site B attenuates the age effect (0.005 instead of 0.01 mm per year) and reads 0.3 mm thicker.
     With ``covariate_slopes="per-site"`` each site's slope is fitted, and A's scans mapped to B (identity
@@ -133,9 +138,9 @@ def test_per_site_slopes_give_mapped_scans_the_target_slope():
     cov = pd.DataFrame({"age": age})
     for slopes in ("per-site", "pooled"):
         model = tiny(source="A", target="B", max_steps=1, keep_covariates=("age",), covariate_slopes=slopes)
-        model.fit(X.astype(np.float32), sites, cov)
+        model.fit(X.astype(np.float32), sites=sites, covariates=cov)
         model.generator_xy_ = _Identity()
-        mapped = model.transform(X.astype(np.float32), sites, cov)[sites == "A"].mean(axis=1)
+        mapped = model.transform(X.astype(np.float32), sites=sites, covariates=cov)[sites == "A"].mean(axis=1)
         fitted = np.polyfit(age[sites == "A"], mapped, 1)
         if slopes == "per-site":
             np.testing.assert_allclose(model.keep_beta_[:, 0].mean(axis=1), [-0.01, -0.005], atol=2e-4)
@@ -144,49 +149,54 @@ def test_per_site_slopes_give_mapped_scans_the_target_slope():
             np.testing.assert_array_equal(model.keep_beta_[0], model.keep_beta_[1])
             assert abs(fitted[0] + 0.01) < 3e-4
     with pytest.raises(HarmonizerInputError, match="covariate_slopes must be 'pooled' or 'per-site', got 'site'"):
-        tiny(keep_covariates=("age",), covariate_slopes="site").fit(X, sites, cov)
+        tiny(keep_covariates=("age",), covariate_slopes="site").fit(X, sites=sites, covariates=cov)
 
 
 def test_keep_covariates_errors_name_the_problem(pair):
     X, sites, cov = pair
     with pytest.raises(HarmonizerInputError, match="covariates lack column.*'weight'.*keep_covariates"):
-        tiny(keep_covariates=("weight",)).fit(X, sites, cov)
+        tiny(keep_covariates=("weight",)).fit(X, sites=sites, covariates=cov)
     cov = cov.assign(site_code=(sites == "B").astype(float))
     with pytest.raises(HarmonizerInputError, match="do not vary independently within the sites"):
-        tiny(keep_covariates=("site_code",)).fit(X, sites, cov)
+        tiny(keep_covariates=("site_code",)).fit(X, sites=sites, covariates=cov)
 
 
+@pytest.mark.slow
 def test_default_target_is_first_sorted_site(pair):
     X, sites, _ = pair
-    assert tiny(max_steps=1).fit(X, sites).sites_ == ["B", "A"]
-    assert tiny(max_steps=1).fit(X, sites, source="A").sites_ == ["A", "B"]
+    assert tiny(max_steps=1).fit(X, sites=sites).sites_ == ["B", "A"]
+    assert tiny(max_steps=1, source="A").fit(X, sites=sites).sites_ == ["A", "B"]
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_is_bit_exact(pair, tmp_path):
     X, sites, cov = pair
     model = tiny(condition_on=("age",), keep_covariates=("age", "female"), validation_fraction=0.2,
-                 calibrate=True).fit(X, sites, cov)
+                 calibrate=True).fit(X, sites=sites, covariates=cov)
     assert any("val_cycle_mae_mm" in h for h in model.history_)
     path = model.save(tmp_path / "model.safetensors")
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["sites"] == ["B", "A"] and meta["level"] == 3 and meta["params"]["condition_on"] == ["age"]
     loaded = S2SGAN.load(path)
     np.testing.assert_array_equal(loaded.output_std_, model.output_std_)
-    np.testing.assert_array_equal(loaded.transform(X, sites, cov), model.transform(X, sites, cov))
+    np.testing.assert_array_equal(loaded.transform(X, sites=sites, covariates=cov),
+                                  model.transform(X, sites=sites, covariates=cov))
     for a, b in zip(model.generator_xy_.state_dict().values(), loaded.generator_xy_.state_dict().values()):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic(pair):
     X, sites, _ = pair
-    a = tiny().fit(X, sites).transform(X, sites)
-    b = tiny().fit(X, sites).transform(X, sites)
+    a = tiny().fit(X, sites=sites).transform(X, sites=sites)
+    b = tiny().fit(X, sites=sites).transform(X, sites=sites)
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_interrupted_fit_resumes_to_the_same_model(pair, tmp_path, monkeypatch):
     X, sites, _ = pair
-    straight = tiny(max_steps=4).fit(X, sites).transform(X, sites)
+    straight = tiny(max_steps=4).fit(X, sites=sites).transform(X, sites=sites)
 
     from surfharm.training import CycleGANTrainer
     real_step = CycleGANTrainer.train_step
@@ -198,48 +208,48 @@ def test_interrupted_fit_resumes_to_the_same_model(pair, tmp_path, monkeypatch):
 
     monkeypatch.setattr(CycleGANTrainer, "train_step", interrupt_at_2)
     with pytest.raises(KeyboardInterrupt):
-        tiny(max_steps=4, checkpoint_dir=tmp_path).fit(X, sites)
+        tiny(max_steps=4, checkpoint_dir=tmp_path).fit(X, sites=sites)
     monkeypatch.setattr(CycleGANTrainer, "train_step", real_step)
     saved = json.loads((tmp_path / "checkpoint.json").read_text())
     assert saved["step"] == 2 and saved["extra"]["sites"] == ["B", "A"]
-    resumed = tiny(max_steps=4, checkpoint_dir=tmp_path, resume=True).fit(X, sites).transform(X, sites)
+    resumed = tiny(max_steps=4, checkpoint_dir=tmp_path, resume=True).fit(X, sites=sites).transform(X, sites=sites)
     np.testing.assert_array_equal(resumed, straight)
 
 
 def test_bad_inputs_have_clear_errors(pair, tmp_path):
     X, sites, cov = pair
     with pytest.raises(HarmonizerInputError, match="got 1 site"):
-        tiny().fit(X[:6], sites[:6])
+        tiny().fit(X[:6], sites=sites[:6])
     three = np.array(["A"] * 4 + ["B"] * 4 + ["C"] * 4)
     with pytest.raises(HarmonizerInputError, match="exactly two"):
-        tiny().fit(X, three)
+        tiny().fit(X, sites=three)
     with pytest.raises(HarmonizerInputError, match="exactly two sites, the data hold 3"):
-        tiny(source="A", target="B").fit(X, three)
+        tiny(source="A", target="B").fit(X, sites=three)
     with pytest.raises(HarmonizerInputError, match="'Z' is not among"):
-        tiny(target="Z").fit(X, sites)
+        tiny(target="Z").fit(X, sites=sites)
     with pytest.raises(HarmonizerInputError, match="expected one of .*10242"):
-        tiny().fit(X[:, :600], sites)
+        tiny().fit(X[:, :600], sites=sites)
     bad = X.copy()
     bad[0, 30] = np.inf
     with pytest.raises(HarmonizerInputError, match="inf"):
-        tiny().fit(bad, sites)
+        tiny().fit(bad, sites=sites)
     with pytest.raises(HarmonizerInputError, match="condition_on"):
-        tiny(condition_on=("age",)).fit(X, sites, None)
+        tiny(condition_on=("age",)).fit(X, sites=sites, covariates=None)
 
-    model = tiny(max_steps=1).fit(X, sites)
+    model = tiny(max_steps=1).fit(X, sites=sites)
     level4 = np.zeros((2, 2562), np.float32)
-    with pytest.raises(HarmonizerInputError, match=r"2562 vertices \(level 4\).*trained at level 3"):
-        model.transform(level4, ["A", "B"])
+    with pytest.raises(HarmonizerInputError, match=r"2562 features \(level 4\).*level 3, the level it was trained at"):
+        model.transform(level4, sites=["A", "B"])
     with pytest.raises(HarmonizerInputError, match=r"\['C'\] are not in this model"):
-        model.transform(X[:2], ["A", "C"])
+        model.transform(X[:2], sites=["A", "C"])
     with pytest.raises(HarmonizerInputError, match="direction"):
-        model.transform(X, sites, direction="backwards")
+        model.transform(X, sites=sites, direction="backwards")
 
 
 def test_load_refuses_other_files(tmp_path):
     other = tmp_path / "other.safetensors"
     write_safetensors(other, {"w": torch.zeros(2)}, {"format": "something-else", "surfharm_version": "0.1.0"})
-    with pytest.raises(ValueError, match="expected a 'surfharm-s2sgan'"):
+    with pytest.raises(ValueError, match="names no method; expected a file written by surfharm"):
         S2SGAN.load(other)
     future = tmp_path / "future.safetensors"
     write_safetensors(future, {"w": torch.zeros(2)}, {"format": "surfharm-s2sgan", "surfharm_version": "9.0.0"})

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from surfharm.harmonize import Harmonizer, NotFittedError, get
-from surfharm.volumetric import MICA, GlobalScaling, Nyul, VolumeHarmonizer, WhiteStripe, ZScore
-from surfharm.volumetric.white_stripe import tissue_mode
+from surfharm.harmonize.volumetric import MICA, GlobalScaling, Nyul, VolumeHarmonizer, WhiteStripe, ZScore
+from surfharm.harmonize.volumetric.white_stripe import tissue_mode
 
 # Three tissue classes of a T1 brain: (mean, sd, fraction of voxels).
 CSF, GM, WM = (0.30, 0.04, 0.15), (0.62, 0.05, 0.40), (0.86, 0.03, 0.45)

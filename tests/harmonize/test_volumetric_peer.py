@@ -9,7 +9,7 @@ import pytest
 inorm = pytest.importorskip("intensity_normalization", reason="the peer package intensity-normalization is not "
                             "installed (pip install intensity-normalization==3.0.1 in the benchmark environment)")
 
-from surfharm.volumetric import Nyul, WhiteStripe, ZScore  # noqa: E402
+from surfharm.harmonize.volumetric import Nyul, WhiteStripe, ZScore  # noqa: E402
 
 
 def _scans(n=4, shape=(24, 26, 22)):

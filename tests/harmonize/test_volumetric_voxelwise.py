@@ -5,8 +5,8 @@ import pytest
 
 from surfharm.harmonize import get
 from surfharm.harmonize.combat import ComBat
-from surfharm.volumetric import RAVEL, VolumeHarmonizer, VoxelComBat
-from surfharm.volumetric.io import VolumeInputError
+from surfharm.harmonize.volumetric import RAVEL, VolumeHarmonizer, VoxelComBat
+from surfharm.io.nifti import VolumeInputError
 
 N_CONTROL = 400
 
@@ -118,10 +118,10 @@ def _site_volumes(seed=0, shape=(9, 8, 6)):
 
 def test_voxel_combat_is_combat_on_the_masked_voxels():
     vols, mask, sites, cov = _site_volumes()
-    est = VoxelComBat().fit(vols, sites, cov, masks=mask)
-    outs = est.transform(vols, sites, cov, masks=mask)
+    est = VoxelComBat().fit(vols, sites=sites, covariates=cov, masks=mask)
+    outs = est.transform(vols, sites=sites, covariates=cov, masks=mask)
     Y = np.stack([v[mask] for v in vols])
-    expected = ComBat().fit(Y, sites, cov).transform(Y, sites, cov)
+    expected = ComBat().fit(Y, sites=sites, covariates=cov).transform(Y, sites=sites, covariates=cov)
     for i, out in enumerate(outs):
         np.testing.assert_allclose(out[mask], expected[i], rtol=1e-5, atol=1e-4)
         np.testing.assert_array_equal(out[~mask], vols[i][~mask])
@@ -134,37 +134,37 @@ def test_voxel_combat_is_combat_on_the_masked_voxels():
 
 def test_voxel_combat_with_white_stripe_and_round_trip(tmp_path):
     vols, mask, sites, cov = _site_volumes(seed=1)
-    est = VoxelComBat(normalize="zscore", combat={"eb": False}).fit(vols, sites, cov, masks=mask)
-    outs = est.transform(vols, sites, cov, masks=mask)
+    est = VoxelComBat(normalize="zscore", combat={"eb": False}).fit(vols, sites=sites, covariates=cov, masks=mask)
+    outs = est.transform(vols, sites=sites, covariates=cov, masks=mask)
     Y = np.stack([(v[mask] - v[mask].mean()) / v[mask].std() for v in vols])
-    expected = ComBat(eb=False).fit(Y, sites, cov).transform(Y, sites, cov)
+    expected = ComBat(eb=False).fit(Y, sites=sites, covariates=cov).transform(Y, sites=sites, covariates=cov)
     np.testing.assert_allclose(np.stack([o[mask] for o in outs]), expected, rtol=1e-4, atol=1e-4)
     loaded = VolumeHarmonizer.load(est.save(tmp_path / "vc.npz"))
     assert isinstance(loaded, VoxelComBat) and loaded.combat == {"eb": False}
-    for a, b in zip(outs, loaded.transform(vols, sites, cov, masks=mask)):
+    for a, b in zip(outs, loaded.transform(vols, sites=sites, covariates=cov, masks=mask)):
         np.testing.assert_array_equal(a, b)
 
 
 def test_voxel_combat_bad_input():
     vols, mask, sites, cov = _site_volumes()
     with pytest.raises(VolumeInputError, match="needs the site of every scan"):
-        VoxelComBat().fit(vols, None, masks=mask)
+        VoxelComBat().fit(vols, sites=None, masks=mask)
     with pytest.raises(VolumeInputError, match=r"combat options \['ebb'\] are not ComBat parameters"):
-        VoxelComBat(combat={"ebb": True}).fit(vols, sites, masks=mask)
+        VoxelComBat(combat={"ebb": True}).fit(vols, sites=sites, masks=mask)
     other = list(vols)
     other[3] = np.zeros((9, 8, 7), np.float32)
     with pytest.raises(VolumeInputError, match=r"volume 3 has shape \(9, 8, 7\).*registered to one grid"):
-        VoxelComBat().fit(other, sites, masks=[mask] * 3 + [np.ones((9, 8, 7), bool)] + [mask] * 11)
-    est = VoxelComBat().fit(vols, sites, masks=mask)
+        VoxelComBat().fit(other, sites=sites, masks=[mask] * 3 + [np.ones((9, 8, 7), bool)] + [mask] * 11)
+    est = VoxelComBat().fit(vols, sites=sites, masks=mask)
     with pytest.raises(VolumeInputError, match="fitted on a list of volumes; give the same form"):
-        est.transform(np.stack([v[mask] for v in vols]), sites)
+        est.transform(np.stack([v[mask] for v in vols]), sites=sites)
 
 
 def test_voxel_combat_matrix_form_keeps_missing_values_as_combat_does():
     vols, mask, sites, cov = _site_volumes(seed=2)
     X = np.stack([v[mask] for v in vols]).astype(np.float64)
     X[4, 10] = np.nan
-    out = VoxelComBat().fit(X, sites, cov).transform(X, sites, cov)
-    expected = ComBat().fit(X, sites, cov).transform(X, sites, cov)
+    out = VoxelComBat().fit(X, sites=sites, covariates=cov).transform(X, sites=sites, covariates=cov)
+    expected = ComBat().fit(X, sites=sites, covariates=cov).transform(X, sites=sites, covariates=cov)
     assert np.isnan(out[4, 10]) and np.isnan(out).sum() == 1
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)

@@ -10,7 +10,7 @@ import pytest
 from surfharm import io as sio
 from surfharm._atomic import OutputError
 
-DATA = Path(__file__).parent / "data" / "fs_subject1"
+DATA = Path(__file__).parents[1] / "data" / "fs_subject1"
 NILEARN_FSAVERAGE5 = Path(nilearn.__file__).parent / "datasets" / "data" / "fsaverage5"  # shipped with nilearn
 
 
@@ -33,11 +33,11 @@ def test_real_white_surface_gz_is_read_transparently():
     assert np.median(white.vertices[:, 0]) < 0
 
 
-def test_real_annotation_gz_and_cortex_mask():
+def test_real_annotation_gz_and_read_cortex_mask():
     annot = sio.read_annot(DATA / "lh.aparc.annot.gz")
     assert annot.n_vertices == 149244
     assert "superiorfrontal" in annot.names and "precentral" in annot.names
-    mask = sio.cortex_mask(annot)
+    mask = sio.read_cortex_mask(annot)
     assert mask.dtype == bool and mask.shape == (149244,)
     # cortex = everything but unknown/corpuscallosum/unlabelled: most of the surface, not all of it
     assert 0.85 < mask.mean() < 0.99
@@ -50,7 +50,7 @@ def test_real_label():
     vertices, values = sio.read_label(DATA / "lh.entorhinal_exvivo.label")
     assert vertices.ndim == 1 and vertices.size == values.size > 100
     assert vertices.max() < 149244
-    mask = sio.cortex_mask(DATA / "lh.entorhinal_exvivo.label", n_vertices=149244)
+    mask = sio.read_cortex_mask(DATA / "lh.entorhinal_exvivo.label", n_vertices=149244)
     assert mask.sum() == np.unique(vertices).size
 
 

@@ -11,7 +11,7 @@ from surfharm import io as sio
 from surfharm.cohort import CohortError
 from surfharm.resample import SphereError, resample_file
 
-DATA = Path(__file__).parent / "data" / "fs_subject1"
+DATA = Path(__file__).parents[1] / "data" / "fs_subject1"
 
 
 def _copy_truncated(src: Path, dst: Path, keep: float) -> Path:
@@ -154,7 +154,8 @@ def test_fsgd_errors_name_the_line(tmp_path):
     with pytest.raises(sio.InputFileError, match=r"bad\.fsgd:5: subject s2 has class 'B', not declared"):
         sio.read_fsgd(bad)
     bad.write_text("GroupDescriptorFile 1\nClass A\nVariables age sex\nInput s1 A 30\n")
-    with pytest.raises(sio.InputFileError, match=r"bad\.fsgd:4: 'Input' line has 3 fields, expected subject, class and 2"):
+    with pytest.raises(sio.InputFileError,
+                       match=r"bad\.fsgd:4: 'Input' line has 3 fields, expected subject, class and 2"):
         sio.read_fsgd(bad)
     bad.write_text("Class A\nInput s1 A\n")
     with pytest.raises(sio.InputFileError, match="not an FSGD file"):

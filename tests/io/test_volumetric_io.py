@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from surfharm.harmonize import HarmonizerInputError
-from surfharm.volumetric import Nyul, WhiteStripe, ZScore
-from surfharm.volumetric.io import (
+from surfharm.harmonize.volumetric import Nyul, WhiteStripe, ZScore
+from surfharm.io.nifti import (
     VolumeInputError,
     derive_mask,
     load_mask,
@@ -34,7 +34,7 @@ def test_mask_of_another_shape_names_both_files(tmp_path):
     data, mask = _brain()
     img = _save(tmp_path, "t1.nii.gz", data)
     bad = _save(tmp_path, "mask.nii.gz", mask[:-1].astype(np.uint8))
-    with pytest.raises(VolumeInputError, match=r"mask .*mask\.nii\.gz has shape \(11, 14, 10\).*t1\.nii\.gz.*\(12, 14, 10\)"):
+    with pytest.raises(VolumeInputError, match=r"mask .*mask\.nii\.gz has shape \(11, 14, 10\).*t1\.nii\.gz.*\(12, 14, 10\)"):  # noqa: E501
         ZScore().transform([img], masks=[bad])
 
 
@@ -76,7 +76,7 @@ def test_nan_inside_mask_is_refused_but_outside_is_kept(tmp_path):
     inside = data.copy()
     inside[5, 6, 4] = np.nan
     path = _save(tmp_path, "nan.nii.gz", inside)
-    with pytest.raises(VolumeInputError, match=r"nan\.nii\.gz: 1 NaN voxels inside the brain mask, first at voxel \(5, 6, 4\)"):
+    with pytest.raises(VolumeInputError, match=r"nan\.nii\.gz: 1 NaN voxels inside the brain mask, first at voxel \(5, 6, 4\)"):  # noqa: E501
         ZScore().transform([path], masks=[mask])
     outside = data.copy()
     outside[0, 0, 0] = np.nan

@@ -21,6 +21,7 @@ def demo_run(tmp_path_factory):
     return code, out
 
 
+@pytest.mark.slow
 def test_demo_writes_the_documented_folder(demo_run):
     code, out = demo_run
     assert code == 0
@@ -35,6 +36,7 @@ def test_demo_writes_the_documented_folder(demo_run):
     assert np.isnan(run.before).any(axis=0).sum() == np.isnan(run.after["combat"]).any(axis=0).sum() > 0
 
 
+@pytest.mark.slow
 def test_demo_table_shows_the_site_effect_removed_by_combat(demo_run):
     _, out = demo_run
     table = pd.read_csv(out / "metrics.csv").set_index("method")
@@ -54,6 +56,7 @@ def test_demo_refuses_a_non_empty_folder_it_did_not_write(tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_demo_run_again_replaces_its_own_previous_output(demo_run, capsys):
     _, out = demo_run
     before = (out / "metrics.csv").stat().st_mtime_ns
@@ -63,6 +66,7 @@ def test_demo_run_again_replaces_its_own_previous_output(demo_run, capsys):
     assert (out / "metrics.csv").stat().st_mtime_ns > before
 
 
+@pytest.mark.slow
 def test_demo_goes_on_when_s2sgan_cannot_run(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "s2sgan_unavailable", lambda: "ImportError: no torch here")
     settings = demo.DemoSettings(level=3, n_subjects=12, n_traveling=2, n_splits=2, s2sgan_steps=1, render=False)

@@ -96,7 +96,8 @@ def test_extra_smoothing_reduces_fine_detail():
 @pytest.mark.parametrize("level", [4, 6])
 def test_truth_at_site_is_what_that_site_acquires(level):
     blurred = SiteEffect(additive_mean=0.2, saturation_mm=3.5, smoothing_fwhm_mm=10.0, noise_sd_mm=0.0)
-    cfg = SimulationConfig(level=level, sites=(SiteSpec("A", 4, SiteEffect(noise_sd_mm=0.0)), SiteSpec("B", 4, blurred)),
+    cfg = SimulationConfig(level=level, sites=(SiteSpec("A", 4, SiteEffect(noise_sd_mm=0.0)),
+                                               SiteSpec("B", 4, blurred)),
                            n_traveling=0)
     sim = simulate_cohort(cfg)
     b = (sim.table["site"] == "B").to_numpy()

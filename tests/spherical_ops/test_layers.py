@@ -251,6 +251,7 @@ def test_unet_shapes_levels_and_parameter_count():
     assert sum(p.numel() for p in IcoUNet(1, 1, 7).parameters()) == 1_682_097
 
 
+@pytest.mark.slow
 def test_unet_overfits_a_smooth_target_quickly():
     torch.manual_seed(0)
     net = IcoUNet(1, 1, level=3, depth=3, base_channels=8).float()

@@ -1,4 +1,6 @@
 """Icosphere: FreeSurfer vertex/face order, nesting, geometry, caching and errors."""
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -78,7 +80,7 @@ def test_cached_and_read_only():
     assert a is b
     with pytest.raises(ValueError):
         a.vertices[0, 0] = 2.0
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         a.level = 3
 
 

@@ -13,6 +13,7 @@ import torch
 
 from surfharm import training
 from surfharm.training import CycleGANTrainer, DomainData, TrainingConfig, TrainingDivergedError
+from surfharm.training import trainer as trainer_module
 
 LEVEL, V = 3, 642
 
@@ -43,6 +44,7 @@ def tiny_config(**changes) -> TrainingConfig:
     return TrainingConfig(**settings)
 
 
+@pytest.mark.slow
 def test_losses_fall_and_cycle_is_learned():
     # Without the residual start the generators begin far from invertible: the cycle loss must fall.
     config = tiny_config(residual=False, lr=5e-3, max_steps=40, batch_size=2, schedule="constant")
@@ -54,6 +56,7 @@ def test_losses_fall_and_cycle_is_learned():
     assert all(np.isfinite(h["D"]) for h in history)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     config = tiny_config()
     straight = CycleGANTrainer(config, *domains())
@@ -75,6 +78,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert not different, f"tensors differ after resume: {different[:5]}"
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_config_and_extra(tmp_path):
     path = tmp_path / "ck.safetensors"
     extra = lambda: ({"mean": torch.arange(3.0)}, {"sites": ["B", "A"], "level": LEVEL})  # noqa: E731
@@ -88,6 +92,7 @@ def test_checkpoint_holds_config_and_extra(tmp_path):
     assert json.loads(path.with_suffix(".json").read_text())["step"] == 2
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_config_is_refused(tmp_path):
     path = tmp_path / "ck.safetensors"
     CycleGANTrainer(tiny_config(max_steps=1), *domains(), checkpoint_path=path).train()
@@ -96,10 +101,11 @@ def test_checkpoint_of_other_config_is_refused(tmp_path):
         other.load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "ck.safetensors"
     trainer = CycleGANTrainer(tiny_config(max_steps=10), *domains(), checkpoint_path=path, checkpoint_every=2)
-    real = training.lsgan_loss
+    real = trainer_module.lsgan_loss
     calls = {"n": 0}
 
     def poisoned(score, real_label):
@@ -107,7 +113,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         value = real(score, real_label)
         return value * float("nan") if trainer.step >= 5 else value
 
-    monkeypatch.setattr(training, "lsgan_loss", poisoned)
+    monkeypatch.setattr(trainer_module, "lsgan_loss", poisoned)
     with pytest.raises(TrainingDivergedError, match=r"step 5.*non-finite.*ck.safetensors"):
         trainer.train()
     assert trainer.step == 5                      # the bad step was not applied
@@ -145,13 +151,14 @@ torch.distributed.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one_process_with_the_global_batch(tmp_path):
     pytest.importorskip("torch.distributed")
     if not torch.distributed.is_gloo_available():
         pytest.skip("torch was built without the gloo backend")
     path = tmp_path / "ddp.safetensors"
     script = tmp_path / "ddp_train.py"
-    repo = str(Path(__file__).resolve().parents[1])
+    repo = str(Path(__file__).resolve().parents[2])
     script.write_text(DDP_SCRIPT.format(repo=repo, tests=str(Path(__file__).parent), path=str(path)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

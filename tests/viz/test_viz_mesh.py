@@ -107,12 +107,13 @@ def test_user_surface_from_pair_object_and_file(tmp_path):
 def test_split_hemispheres():
     both = np.arange(20.0)
     halves = split_hemispheres(both, "both")
-    np.testing.assert_array_equal(halves["left"], np.arange(10.0))
-    np.testing.assert_array_equal(halves["right"], np.arange(10.0, 20.0))
+    np.testing.assert_array_equal(halves["lh"], np.arange(10.0))
+    np.testing.assert_array_equal(halves["rh"], np.arange(10.0, 20.0))
     stacks = split_hemispheres(np.ones((3, 8)), "both")
-    assert stacks["left"].shape == (3, 4)
-    assert list(split_hemispheres({"rh": both, "lh": both})) == ["left", "right"]
-    assert list(split_hemispheres(both, "rh")) == ["right"]
+    assert stacks["lh"].shape == (3, 4)
+    assert list(split_hemispheres({"rh": both, "lh": both})) == ["lh", "rh"]
+    assert list(split_hemispheres({"right": both, "left": both})) == ["lh", "rh"]
+    assert list(split_hemispheres(both, "right")) == ["rh"]
     with pytest.raises(MeshError, match="even count"):
         split_hemispheres(np.ones(7), "both")
     with pytest.raises(MeshError, match="hemi='middle'"):

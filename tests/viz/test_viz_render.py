@@ -18,7 +18,7 @@ pv = pytest.importorskip("pyvista")
 from surfharm.viz import plot_before_after, plot_site_effect, plot_site_maps, plot_surface_map  # noqa: E402
 from surfharm.viz.grid import NAN_COLOR  # noqa: E402
 
-CACHE = Path(__file__).parent / "data" / "image_cache"
+CACHE = Path(__file__).parents[1] / "data" / "image_cache"
 UPDATE = os.environ.get("SURFHARM_UPDATE_IMAGE_CACHE") == "1"
 # pyvista.compare_images error (vtkImageDifference, threshold 1): 0 for the same pixels; here about
 # 75 when every value moves by 0.05 mm on a 1-4 mm scale, above 1500 for a different map or view.
@@ -80,7 +80,7 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def test_surface_map_matches_cache(thickness):
-    plotter = plot_surface_map(thickness["left"], "inflated", hemi="left", clim=(1, 4), panel_size=(180, 140),
+    plotter = plot_surface_map(thickness["left"], "inflated", hemi="lh", clim=(1, 4), panel_size=(180, 140),
                                off_screen=True)
     check_against_cache(screenshot(plotter), "surface_map_lh_inflated.png")
 

@@ -52,7 +52,8 @@ def _child(mode: str, folder: Path) -> None:
     elapsed = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     heap_peak_mb = tracemalloc.get_traced_memory()[1] / 2 ** 20
-    print(json.dumps({"mode": mode, "seconds": elapsed, "peak_mb": peak_mb, "baseline_mb": baseline_mb, "heap_peak_mb": heap_peak_mb, "shape": list(cohort.maps.shape)}))
+    print(json.dumps({"mode": mode, "seconds": elapsed, "peak_mb": peak_mb, "baseline_mb": baseline_mb,
+                      "heap_peak_mb": heap_peak_mb, "shape": list(cohort.maps.shape)}))
 
 
 def _write_inputs(folder: Path, n_scans: int, level: int) -> None:

@@ -137,9 +137,10 @@ def run_child(name: str, args) -> dict:
 
                 kw = {"surfharm": {}, "surfharm-inplace": {}, "surfharm-np": {"parametric": False},
                       "surfharm-gam": {"smooth_terms": ("age",)}}[name]
-                model = ComBat(**kw).fit(X, sites, covariates)
+                model = ComBat(**kw).fit(X, sites=sites, covariates=covariates)
                 # in place: the harmonized maps overwrite the array (e.g. a writable memmap)
-                out = model.transform(X, sites, covariates, out=X if name == "surfharm-inplace" else None)
+                out = model.transform(X, sites=sites, covariates=covariates,
+                                      out=X if name == "surfharm-inplace" else None)
             elif name == "neurocombat" or name == "neurocombat-np-subset":
                 from neuroCombat import neuroCombat
 
@@ -197,16 +198,17 @@ def _stream_child(args) -> dict:
     X = np.memmap(path, dtype=np.float32, mode="r", shape=(args.stream_scans, args.features))
     rng = np.random.default_rng(0)
     sites = np.array([f"site{s}" for s in np.repeat(np.arange(4), -(-args.stream_scans // 4))[:args.stream_scans]])
-    covariates = pd.DataFrame({"age": rng.uniform(20, 80, args.stream_scans), "sex": rng.choice(["F", "M"], args.stream_scans)})
+    covariates = pd.DataFrame({"age": rng.uniform(20, 80, args.stream_scans),
+                               "sex": rng.choice(["F", "M"], args.stream_scans)})
     before = _status_kib("VmRSS") * 1024
     before_anon = _status_kib("RssAnon") * 1024
     with PeakMemory() as peak:
         start, start_cpu = time.perf_counter(), time.process_time()
-        ComBat().fit(X, sites, covariates)
+        ComBat().fit(X, sites=sites, covariates=covariates)
         elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     return {"name": "surfharm-stream", "dtype": "float32", "features": args.features, "scans": args.stream_scans,
-            "times": [elapsed], "cpu": [elapsed_cpu], "input_bytes": int(X.nbytes), "rss_before": before, "peak_rss": peak.rss,
-            "anon_before": before_anon, "peak_anon": peak.anon}
+            "times": [elapsed], "cpu": [elapsed_cpu], "input_bytes": int(X.nbytes), "rss_before": before,
+            "peak_rss": peak.rss, "anon_before": before_anon, "peak_anon": peak.anon}
 
 
 def make_longitudinal(n_scans: int, n_features: int, n_subjects: int = 60, seed: int = 0):
@@ -243,8 +245,8 @@ def _long_slope_child(args) -> dict:
     before_anon = _status_kib("RssAnon") * 1024
     with PeakMemory() as peak:
         start, start_cpu = time.perf_counter(), time.process_time()
-        model = LongComBat(random_slope="time").fit(X, sites, covariates, subjects=subjects)
-        model.transform(X, sites, covariates, subjects=subjects)
+        model = LongComBat(random_slope="time").fit(X, sites=sites, covariates=covariates, subjects=subjects)
+        model.transform(X, sites=sites, covariates=covariates, subjects=subjects)
         elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     steps = model.em_iterations_
     return {"name": "surfharm-long-slope", "dtype": "float64", "features": args.features, "scans": args.scans,

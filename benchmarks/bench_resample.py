@@ -7,7 +7,8 @@ the exact field values for a degree-1 spherical harmonic and a thickness-like sm
 
 Run from the benchmark environment (s3pipe installed); surfharm is imported from this checkout:
 
-    python benchmarks/bench_resample.py [--repeats 5] [--peer-repeats 1]     # with s3pipe installed (pip install -e ".[bench]")
+    # with s3pipe installed (pip install -e ".[bench]")
+    python benchmarks/bench_resample.py [--repeats 5] [--peer-repeats 1]
 
 Without s3pipe the peer rows are skipped.
 """
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
                                        args.peer_repeats)
         rows.append(("s3pipe resampleSphereSurf", t_peer, all_peer, np.abs(np.asarray(peer) - exact).max(axis=0)))
 
-    print(f"| tool | median time (s) | runs | max error Y_11 | max error smooth field (mm) |")
+    print("| tool | median time (s) | runs | max error Y_11 | max error smooth field (mm) |")
     print("|---|---|---|---|---|")
     for name, median, runs, err in rows:
         print(f"| {name} | {median:.3f} | {len(runs)} | {err[0]:.2e} | {err[1]:.2e} |")

@@ -128,6 +128,7 @@ def _has_tabulate() -> bool:
 
 
 def run_timing(args) -> None:
+    from spherical_ops import n_vertices
     from surfharm.training import CycleGANTrainer, DomainData, TrainingConfig
 
     torch.set_num_threads(args.threads)
@@ -135,10 +136,11 @@ def run_timing(args) -> None:
     print("| level | vertices | U-Net depth/base | s per training step (batch 1) | s per harmonized hemisphere |")
     print("|---|---|---|---|---|")
     for level in args.levels:
-        n = 10 * 4 ** level + 2
+        n = n_vertices(level)
         depth = min(args.depth, level + 1)
         gen = torch.Generator().manual_seed(0)
-        domains = [DomainData(torch.randn(2, 1, n, generator=gen), torch.ones(2, n, dtype=torch.bool)) for _ in range(2)]
+        domains = [DomainData(torch.randn(2, 1, n, generator=gen), torch.ones(2, n, dtype=torch.bool))
+                   for _ in range(2)]
         config = TrainingConfig(level=level, depth=depth, base_channels=args.base_channels,
                                 disc_channels=args.base_channels, max_steps=1000)
         trainer = CycleGANTrainer(config, *domains, device=args.device)

@@ -20,8 +20,7 @@ import json
 import statistics
 import sys
 
-from _common import (REPO, interleaved_times, machine_line, markdown_table, peak_rss_mb, rss_mb,
-                     run_in_fresh_process)
+from _common import interleaved_times, machine_line, markdown_table, peak_rss_mb, rss_mb, run_in_fresh_process
 
 import torch
 

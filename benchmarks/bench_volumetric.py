@@ -14,7 +14,7 @@ Parts (all by default except ``memory``):
       1 % and stripe sd within 15 % of theirs; the outputs then agree to within 0.15 * |x| + 0.5
       stripe-sd units (printed: median and max over scans of the differences).
 * ``speed``: median seconds per scan (fit + transform) of each method, both packages, run in turn.
-* ``scores``: :func:`surfharm.volumetric.scenario.run_volumetric_benchmark` on a 2 mm scenario.
+* ``scores``: :func:`surfharm.evaluate.volumetric_scenario.run_volumetric_benchmark` on a 2 mm scenario.
 * ``memory``: peak resident memory of voxel-wise ComBat fitted on N NIfTI scans (default 200) at
   2 mm and applied with outputs written one by one, in a fresh process.
 
@@ -38,8 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved_medians, markdown_table, peak_rss_mb, run_in_fresh_process  # noqa: E402
 
-from surfharm.volumetric import Nyul, WhiteStripe, ZScore  # noqa: E402
-from surfharm.volumetric.simulate import simulate_volumetric_cohort  # noqa: E402
+from surfharm.harmonize.volumetric import Nyul, WhiteStripe, ZScore  # noqa: E402
+from surfharm.simulate.volumes import simulate_volumetric_cohort  # noqa: E402
 
 
 def _peer():
@@ -84,8 +84,10 @@ def agreement(cohort, inorm) -> list[list]:
         mean_rel.append(abs(mean - peer.mean) / abs(peer.mean))
         sd_rel.append(abs(sd - peer.std) / peer.std)
         out_diff.append(float(np.median(np.abs(ours[m] - theirs[m]))))
-    rows.append(["white-stripe", "stripe mean, relative difference", f"{np.median(mean_rel):.2e}", f"{np.max(mean_rel):.2e}", "1e-2"])
-    rows.append(["white-stripe", "stripe sd, relative difference", f"{np.median(sd_rel):.2e}", f"{np.max(sd_rel):.2e}", "0.15"])
+    rows.append(["white-stripe", "stripe mean, relative difference", f"{np.median(mean_rel):.2e}",
+                 f"{np.max(mean_rel):.2e}", "1e-2"])
+    rows.append(["white-stripe", "stripe sd, relative difference", f"{np.median(sd_rel):.2e}",
+                 f"{np.max(sd_rel):.2e}", "0.15"])
     rows.append(["white-stripe", "median abs output difference (stripe-sd units)", f"{np.median(out_diff):.3f}",
                  f"{np.max(out_diff):.3f}", "-"])
     return rows
@@ -104,7 +106,8 @@ def speed(cohort, inorm, repeats: int) -> list[list]:
         "z-score": (per_scan(lambda i: ZScore().transform([images[i]], masks=[masks[i]])),
                     per_scan(lambda i: inorm.ZScoreNormalizer().fit_transform(wrap(images[i]), wrap(fmasks[i])))),
         "white-stripe": (per_scan(lambda i: WhiteStripe().transform([images[i]], masks=[masks[i]])),
-                         per_scan(lambda i: inorm.WhiteStripeNormalizer().fit_transform(wrap(images[i]), wrap(fmasks[i])))),
+                         per_scan(lambda i: inorm.WhiteStripeNormalizer().fit_transform(wrap(images[i]),
+                                                                                         wrap(fmasks[i])))),
         "nyul (fit on all + transform all)": (
             lambda: Nyul().fit(images, masks=masks).transform(images, masks=masks),
             lambda: _peer_nyul(inorm, images, fmasks)),
@@ -112,7 +115,8 @@ def speed(cohort, inorm, repeats: int) -> list[list]:
     rows = []
     for name, (ours, theirs) in cases.items():
         t = interleaved_medians({"surfharm": ours, "peer": theirs}, repeats)
-        rows.append([name, f"{1e3 * t['surfharm'] / n:.0f}", f"{1e3 * t['peer'] / n:.0f}", f"{t['surfharm'] / t['peer']:.2f}"])
+        rows.append([name, f"{1e3 * t['surfharm'] / n:.0f}", f"{1e3 * t['peer'] / n:.0f}",
+                     f"{t['surfharm'] / t['peer']:.2f}"])
     return rows
 
 
@@ -126,7 +130,7 @@ def _peer_nyul(inorm, images, fmasks):
 def scores(seed: int) -> str:
     import pandas as pd
 
-    from surfharm.volumetric.scenario import build_volumetric_scenario, run_volumetric_benchmark
+    from surfharm.evaluate.volumetric_scenario import build_volumetric_scenario, run_volumetric_benchmark
 
     scenario = build_volumetric_scenario(n_sites=3, n_train_subjects=6, n_test_subjects=3, step=1, seed=seed)
     table = run_volumetric_benchmark(scenario=scenario)
@@ -145,7 +149,7 @@ def _write_cohort(folder: str, n_scans: int) -> None:
     """Child process: a 4-site cohort of ``n_scans`` scans as uncompressed NIfTI + one common mask."""
     import nibabel as nib
 
-    from surfharm.volumetric.simulate import DEFAULT_SCANNERS, scan, simulate_subject, smooth_field, _template
+    from surfharm.simulate.volumes import DEFAULT_SCANNERS, scan, simulate_subject, smooth_field, _template
 
     rng = np.random.default_rng(0)
     _, _, _, _, affine = _template(1)
@@ -169,8 +173,8 @@ def _combat_on(folder: str) -> None:
     """Child process: VoxelComBat fit + apply from files; report peak RSS and the data size."""
     import pandas as pd
 
-    from surfharm.volumetric import VoxelComBat
-    from surfharm.volumetric.io import load_mask, load_volume, save_volume
+    from surfharm.harmonize.volumetric import VoxelComBat
+    from surfharm.io.nifti import load_mask, load_volume, save_volume
 
     files = sorted(str(p) for p in Path(folder).glob("scan*.nii"))
     table = pd.DataFrame(json.loads(Path(folder, "table.json").read_text()))
@@ -178,12 +182,14 @@ def _combat_on(folder: str) -> None:
     n_voxels = int(load_mask(mask_path, load_volume(files[0])).sum())
     baseline = peak_rss_mb()
     start = time.perf_counter()
-    est = VoxelComBat(normalize="white-stripe").fit(files, table["site"], table[["age"]], masks=mask_path)
+    est = VoxelComBat(normalize="white-stripe").fit(files, sites=table["site"], covariates=table[["age"]],
+                                                    masks=mask_path)
     fit_s = time.perf_counter() - start
     out_dir = Path(folder, "out")
     out_dir.mkdir()
     start = time.perf_counter()
-    for path, data in zip(files, est.transform_iter(files, table["site"], table[["age"]], masks=mask_path)):
+    for path, data in zip(files, est.transform_iter(files, sites=table["site"], covariates=table[["age"]],
+                                                    masks=mask_path)):
         save_volume(data, out_dir / Path(path).name, like=path, inputs=files)
     apply_s = time.perf_counter() - start
     print(json.dumps({"scans": len(files), "voxels_in_mask": n_voxels, "grid": list(load_volume(files[0]).data.shape),

@@ -1,4 +1,5 @@
 """ComBat on an ROI table: real Desikan-Killiany thickness from 4 OpenNeuro datasets (scanners).
+=============================================================================================
 
 Fit on 80% of the participants, apply the saved model to the other 20% (new subjects of known
 sites), and check that site explains less of each ROI's variance while age explains as much.
@@ -19,7 +20,7 @@ from surfharm.evaluate import metrics
 from surfharm.harmonize import ComBat
 from surfharm.pipeline.outputs import numeric_covariates
 
-args = parse_args(__doc__.splitlines()[0], "example-output/combat-roi")
+args = parse_args(__doc__.partition("\n")[0], "example-output/combat-roi")
 TABLE = "tests/data/openneuro_dk/dk_thickness_4sites.csv"  # CC0, see tests/data/openneuro_dk/README.md
 
 # Subject ids repeat across datasets: make them unique.
@@ -36,13 +37,13 @@ print(cohort)
 rng = np.random.default_rng(0)
 train = rng.random(cohort.n_scans) < 0.8
 fit_part, new_part = cohort.subset(train), cohort.subset(~train)
-model = ComBat().fit(fit_part.maps, fit_part.sites, fit_part.covariates(["age", "sex"]))
+model = ComBat().fit(fit_part.maps, sites=fit_part.sites, covariates=fit_part.covariates(["age", "sex"]))
 model_path = model.save(f"{args.out}/combat_dk.npz")
 print(f"fitted on {fit_part.n_scans} scans, sites {model.sites_}; model written to {model_path}")
 
 # Later (another session, another machine): load the model and harmonize new subjects.
 loaded = ComBat.load(model_path)
-harmonized = loaded.transform(new_part.maps, new_part.sites, new_part.covariates(["age", "sex"]))
+harmonized = loaded.transform(new_part.maps, sites=new_part.sites, covariates=new_part.covariates(["age", "sex"]))
 written = new_part.with_maps(harmonized).write(f"{args.out}/new_subjects.harmonized.csv", overwrite=True)
 print(f"wrote {written[0]}")
 

@@ -1,5 +1,8 @@
-"""A longitudinal infant cohort: 3 sites, 3 sessions per infant over 0-24 months, site A's scanner
-replaced mid-study (A2), traveling infants on every scanner.
+"""A longitudinal infant cohort with a scanner change: three ComBat variants compared.
+===================================================================================
+
+3 sites, 3 sessions per infant over 0-24 months, site A's scanner replaced mid-study (A2), traveling
+infants on every scanner.
 
 Compares ComBat with a linear log-age term, ComBat with a smooth (spline) log-age term and
 longitudinal ComBat (subject random intercept) on the common benchmark: cross-validated site
@@ -14,7 +17,7 @@ from surfharm.evaluate import MethodSpec, run_benchmark, to_markdown
 from surfharm.evaluate.scenarios import simulated_data
 from surfharm.simulate import preset
 
-args = parse_args(__doc__.splitlines()[0], "example-output/infant")
+args = parse_args(__doc__.partition("\n")[0], "example-output/infant")
 config = preset("infant", level=3, n_per_site=8, n_traveling=3) if args.quick else preset("infant")
 data = simulated_data(config, name="infant longitudinal, scanner change")
 print(f"{len(data.table)} scans, scanners {sorted(data.table['site'].unique())}")

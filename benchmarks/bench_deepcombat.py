@@ -30,7 +30,8 @@ import numpy as np
 
 import _common  # noqa: F401  (puts this checkout on sys.path)
 
-DATA = Path("/work/shared/data/openneuro-dk/openneuro_fs_dk_age_sex_ge20.csv.gz")
+# The evaluation data sit beside the checkout (../shared/data), never inside it.
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "openneuro-dk" / "openneuro_fs_dk_age_sex_ge20.csv.gz"
 COLUMNS = ("site_auroc", "site_balanced_accuracy", "kbet_rejection", "ilisi", "manova_pillai", "age_r2",
            "age_pred_r2", "age_mae", "fit_seconds")
 VERTEX_COLUMNS = ("site_auroc", "kbet_rejection", "age_r2", "age_r2_ratio", "age_pred_r2", "tr_mae_target",

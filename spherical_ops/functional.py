@@ -124,7 +124,9 @@ def _backward_by_input_tiles(xs, grad_y, weights, k, reverse, extras, need_xs, n
     are neither transposed nor gathered again. The few slots used by several vertices (``extras``)
     are added slot by slot.
 
-    Returns:
+    Returns
+    -------
+    tuple of list
         a list of (B, C_i, V_in) input gradients (None where not needed) and, if ``need_w``, a list of
         (O, C_i, K) weight gradients.
     """
@@ -222,11 +224,16 @@ def _input_grad_by_scatter(grad_y, weight, flat_index, k, n_in):
 def transpose_table(index: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray]:
     """The neighbourhood table read backwards, for the gradient of a neighbourhood convolution.
 
-    Args:
-        index: (V_out, K) table; ``index[v, k]`` is the input vertex in slot ``k`` of ``v``.
-        n_in: number of input vertices.
+    Parameters
+    ----------
+    index : ndarray
+        (V_out, K) table; ``index[v, k]`` is the input vertex in slot ``k`` of ``v``.
+    n_in : int
+        number of input vertices.
 
-    Returns:
+    Returns
+    -------
+    tuple[ndarray, ndarray]
         ``reverse`` (n_in, K) int32: for input vertex ``u`` and slot ``k``, the first output vertex
         ``v`` with ``index[v, k] == u``, or ``V_out`` (a zero row) where there is none; and
         ``extras`` (m, 3) int64 rows ``(u, k, v)`` for the further vertices that use ``u`` in slot
@@ -266,19 +273,27 @@ def neighborhood_conv(x: torch.Tensor | Sequence[torch.Tensor], weight: torch.Te
                       ) -> torch.Tensor:
     """Spherical convolution over fixed neighbourhoods.
 
-    Args:
-        x: (B, C_in, V_in) input features, or a sequence of (B, C_i, V_in) tensors with
-            ``sum(C_i) == C_in``: the convolution of their channel concatenation, which is never
-            formed (each input is gathered on its own, tile by tile).
-        weight: (C_out, C_in, K) filter, one weight per neighbourhood slot.
-        bias: (C_out,) or None.
-        index: (V_out, K) int32 or int64 neighbourhood table (e.g. ``topology.neighbors_1ring``).
-        transpose: optional ``(reverse, extras)`` from :func:`transpose_table` as tensors; with it
-            the input gradient is computed by gathering instead of scattering (faster on CPU). A
-            third item, the number of extras per slot (a tuple of K ints), spares the backward pass
-            counting them (on a GPU, a wait for the device per call).
+    Parameters
+    ----------
+    x : Tensor or Sequence[Tensor]
+        (B, C_in, V_in) input features, or a sequence of (B, C_i, V_in) tensors with
+        ``sum(C_i) == C_in``: the convolution of their channel concatenation, which is never
+        formed (each input is gathered on its own, tile by tile).
+    weight : Tensor
+        (C_out, C_in, K) filter, one weight per neighbourhood slot.
+    bias : Tensor or None
+        (C_out,) or None.
+    index : Tensor
+        (V_out, K) int32 or int64 neighbourhood table (e.g. ``topology.neighbors_1ring``).
+    transpose : tuple[Tensor, Tensor] or None
+        optional ``(reverse, extras)`` from :func:`transpose_table` as tensors; with it
+        the input gradient is computed by gathering instead of scattering (faster on CPU). A
+        third item, the number of extras per slot (a tuple of K ints), spares the backward pass
+        counting them (on a GPU, a wait for the device per call).
 
-    Returns:
+    Returns
+    -------
+    Tensor
         (B, C_out, V_out): ``y[b, o, v] = bias[o] + sum_{c, k} weight[o, c, k] * x[b, c, index[v, k]]``,
         a view of vertex-major (B, V_out, C_out) memory (``.contiguous()`` gives channels-first memory
         where a caller needs it).
@@ -333,13 +348,19 @@ def _from_vertex_rows(rows: torch.Tensor, batch: int) -> torch.Tensor:
 def bag_mean(x: torch.Tensor, bags: torch.Tensor, matrix_t: torch.Tensor | None) -> torch.Tensor:
     """Average fixed lists of vertices: ``y[b, c, v] = mean_k x[b, c, bags[v, k]]``.
 
-    Args:
-        x: (B, C, V_in).
-        bags: (V_out, K) int32 or int64 table; a vertex listed twice in a row counts twice.
-        matrix_t: the transposed averaging matrix, (V_in, V_out) sparse CSR
-            (:func:`averaging_matrix_t`), used by the backward pass; None where no gradient is needed.
+    Parameters
+    ----------
+    x : Tensor
+        (B, C, V_in).
+    bags : Tensor
+        (V_out, K) int32 or int64 table; a vertex listed twice in a row counts twice.
+    matrix_t : Tensor or None
+        the transposed averaging matrix, (V_in, V_out) sparse CSR
+        (:func:`averaging_matrix_t`), used by the backward pass; None where no gradient is needed.
 
-    Returns:
+    Returns
+    -------
+    Tensor
         (B, C, V_out), a strided view of vertex-major rows (``.contiguous()`` gives channels-first
         memory where a caller needs it).
     """
@@ -438,10 +459,18 @@ def group_norm_leaky_relu(x: torch.Tensor, groups: int, weight: torch.Tensor, bi
                           eps: float = 1e-5, slope: float = 0.2) -> torch.Tensor:
     """``leaky_relu(group_norm(x, groups, weight, bias, eps), slope)`` that stores only its output.
 
-    Args:
-        x: (B, C, V); weight, bias: (C,) the GroupNorm affine parameters; groups divides C.
+    Parameters
+    ----------
+    x : Tensor
+        (B, C, V).
+    weight, bias : Tensor
+        (C,) the GroupNorm affine parameters.
+    groups : int
+        divides C.
 
-    Returns:
+    Returns
+    -------
+    Tensor
         (B, C, V), equal to the unfused modules; gradients equal them while ``|weight| >= 1e-4``.
         Vertex-major input gives vertex-major output on CPU; otherwise the output is channels-first.
     """

@@ -85,11 +85,15 @@ class Surface:
     FreeSurfer and GIfTI surfaces, subjects' spheres, the meshes figures are drawn on, and (as the
     subclass :class:`IcoSphere`) the icosahedral spheres.
 
-    Attributes:
-        vertices: (V, 3) float64 coordinates (mm for white/pial; radius 100 for FreeSurfer spheres,
-            1 for icospheres).
-        faces: (F, 3) int64 vertex indices, 0-based.
-        source: where it comes from (a file path, or a description for messages), or None.
+    Attributes
+    ----------
+    vertices : ndarray
+        (V, 3) float64 coordinates (mm for white/pial; radius 100 for FreeSurfer spheres,
+        1 for icospheres).
+    faces : ndarray
+        (F, 3) int64 vertex indices, 0-based.
+    source : str or None
+        where it comes from (a file path, or a description for messages), or None.
     """
 
     vertices: np.ndarray
@@ -113,10 +117,14 @@ class Surface:
 class IcoSphere(Surface):
     """An icosahedral sphere mesh (immutable: its arrays are read-only), a :class:`Surface` with a level.
 
-    Attributes:
-        vertices: (V, 3) float64, unit vectors, FreeSurfer order; ``V = 10 * 4**level + 2``.
-        faces: (F, 3) int64, outward (counter-clockwise seen from outside); ``F = 20 * 4**level``.
-        level: subdivision level, 0..7 (keyword-only).
+    Attributes
+    ----------
+    vertices : ndarray
+        (V, 3) float64, unit vectors, FreeSurfer order; ``V = 10 * 4**level + 2``.
+    faces : ndarray
+        (F, 3) int64, outward (counter-clockwise seen from outside); ``F = 20 * 4**level``.
+    level : int
+        subdivision level, 0..7 (keyword-only).
     """
 
     level: int = field(kw_only=True)
@@ -182,10 +190,14 @@ def _build(level: int) -> tuple[IcoSphere, np.ndarray]:
 def icosphere(level: int) -> IcoSphere:
     """The level-``level`` icosahedral sphere in FreeSurfer order (cached; arrays are read-only).
 
-    Args:
-        level: 0..7 (12, 42, 162, 642, 2562, 10242, 40962, 163842 vertices).
+    Parameters
+    ----------
+    level : int
+        0..7 (12, 42, 162, 642, 2562, 10242, 40962, 163842 vertices).
 
-    Returns:
+    Returns
+    -------
+    IcoSphere
         :class:`IcoSphere` with ``vertices`` (V, 3) on the unit sphere and outward ``faces`` (F, 3).
     """
     return _build(check_level(level))[0]
@@ -194,7 +206,9 @@ def icosphere(level: int) -> IcoSphere:
 def upsample_parents(level: int) -> np.ndarray:
     """The two parents of each vertex that level ``level`` adds to level ``level - 1``.
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (V(level) - V(level-1), 2) int64: row ``i`` holds the level-``level - 1`` vertices whose
         normalised midpoint is vertex ``V(level-1) + i``.
     """

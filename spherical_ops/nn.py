@@ -127,12 +127,19 @@ class IcoConv(nn.Module):
     (:func:`spherical_ops.topology.neighbors_1ring` / ``neighbors_2ring``); ``K = 7`` or ``19``.
     Pentagon vertices repeat the centre in their missing slots.
 
-    Args:
-        in_channels, out_channels: feature channels.
-        level: icosahedral level of the mesh (0..7).
-        ring: 1 (7-vertex filter) or 2 (19-vertex filter).
-        bias: learn an additive bias per output channel.
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        feature channels.
+    level : int
+        icosahedral level of the mesh (0..7).
+    ring : int
+        1 (7-vertex filter) or 2 (19-vertex filter).
+    bias : bool
+        learn an additive bias per output channel.
 
+    Notes
+    -----
     Shapes:
         input (B, in_channels, V), output (B, out_channels, V), ``V = 10 * 4**level + 2``; the output
         is a view of vertex-major (B, V, out_channels) memory.
@@ -367,14 +374,23 @@ class IcoUNet(nn.Module):
     With ``depth=5, base_channels=16`` the widths are 16-32-64-128-256 (1.7 M parameters for one
     input and one output channel), the configuration of the Spherical U-Net peers.
 
-    Args:
-        in_channels, out_channels: input features (e.g. thickness, sulc, curv) and outputs.
-        level: icosahedral level of the data (``level - depth + 1`` must be >= 0).
-        depth: number of resolution levels.
-        base_channels: channels at the finest level.
-        norm: "group" (GroupNorm, 4 groups), "instance", "batch" or "none".
-        ring: 1 or 2, the convolution neighbourhood.
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        input features (e.g. thickness, sulc, curv) and outputs.
+    level : int
+        icosahedral level of the data (``level - depth + 1`` must be >= 0).
+    depth : int
+        number of resolution levels.
+    base_channels : int
+        channels at the finest level.
+    norm : str
+        "group" (GroupNorm, 4 groups), "instance", "batch" or "none".
+    ring : int
+        1 or 2, the convolution neighbourhood.
 
+    Notes
+    -----
     Shapes:
         input (B, in_channels, V(level)), output (B, out_channels, V(level)).
     """

@@ -73,7 +73,9 @@ def dk_labels(hemi: str = "lh", level: int = 5) -> np.ndarray:
     """DK region index of every vertex of the level-``level`` icosphere of hemisphere ``hemi``
     (``"lh"``/``"rh"``; ``"left"``/``"right"`` accepted).
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (V,) int64, values 0..33 (index into :data:`DK_REGIONS`) and -1 outside cortex (medial
         wall, corpus callosum). Read-only.
     """
@@ -83,7 +85,9 @@ def dk_labels(hemi: str = "lh", level: int = 5) -> np.ndarray:
 def fsaverage_cortex_mask(hemi: str = "lh", level: int = 5) -> np.ndarray:
     """The cortex of fsaverage's hemisphere ``hemi`` at icosahedral ``level``.
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (V,) bool: True on the 34 DK regions, False on the medial wall and corpus callosum.
     """
     return dk_labels(hemi, level) >= 0

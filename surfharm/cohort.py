@@ -47,21 +47,32 @@ class CohortError(SurfharmError, ValueError):
 class Cohort:
     """Maps of many scans plus their participants table.
 
-    Args:
-        maps: (n_scans, n_features) float32 array or memmap; NaN outside cortex. Other float/int
-            arrays are converted (a copy); a memmap must already be float32.
-        table: one row per scan, same order as ``maps``; columns ``subject`` and ``site`` required,
-            ``session`` optional ((subject, session) must be unique), ``age`` numeric when present.
-        hemi: 'lh' / 'rh' / None.
-        measure: what the maps hold ('thickness', ...), used to name output files.
-        feature_names: ROI names (one per column) for ROI data; None for vertex maps.
-        sources: optional DataFrame, one row per scan, of the files the maps came from (columns
-            ``map``, and ``sphere`` for native-space inputs); used to write results back next to them.
-        validate_values: scan the maps for inf (chunked; set False to skip the pass on huge memmaps).
+    Parameters
+    ----------
+    maps : ndarray or memmap
+        (n_scans, n_features) float32 array or memmap; NaN outside cortex. Other float/int
+        arrays are converted (a copy); a memmap must already be float32.
+    table : DataFrame
+        one row per scan, same order as ``maps``; columns ``subject`` and ``site`` required,
+        ``session`` optional ((subject, session) must be unique), ``age`` numeric when present.
+    hemi : str or None
+        'lh' / 'rh' / None.
+    measure : str or None
+        what the maps hold ('thickness', ...), used to name output files.
+    feature_names : Sequence[str] or None
+        ROI names (one per column) for ROI data; None for vertex maps.
+    sources : DataFrame or None
+        optional DataFrame, one row per scan, of the files the maps came from (columns
+        ``map``, and ``sphere`` for native-space inputs); used to write results back next to them.
+    validate_values : bool
+        scan the maps for inf (chunked; set False to skip the pass on huge memmaps).
 
-    Attributes:
-        maps: (n_scans, n_features) float32.
-        table: DataFrame, index 0..n_scans-1.
+    Attributes
+    ----------
+    maps : ndarray
+        (n_scans, n_features) float32.
+    table : DataFrame
+        DataFrame, index 0..n_scans-1.
     """
 
     def __init__(self, maps, table: pd.DataFrame, *, hemi: str | None = None, measure: str | None = None,

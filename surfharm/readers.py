@@ -27,18 +27,27 @@ def read_files(paths, table, *, level: int | None = None, spheres=None, cortex=N
                path_column: str = "path", n_jobs: int = 1, progress: bool = False) -> Cohort:
     """Build a cohort from one map file per scan (MGH/MGZ, GIfTI, curv) and a participants table.
 
-    Args:
-        paths: one file per row of ``table``; or None to take them from ``table[path_column]``
-            (relative paths are relative to the table file's folder).
-        table: DataFrame or CSV/TSV path (subject, site, ...).
-        level: icosahedral level wanted; maps on a higher level are cut by nesting; native maps
-            need ``spheres``. None keeps the maps as they are (all must have the same length).
-        spheres: one ``?h.sphere.reg`` per scan (or a single sphere shared by all) for maps in
-            native space; each scan is resampled to ``level`` (default 7).
-        cortex: (V,) bool mask, an annotation/label path, or one per scan; values outside are NaN.
-        out: a ``.npy`` path to hold the maps as a memory-map (large cohorts), or None (in memory).
-        n_jobs: scans read and resampled in parallel threads.
-        progress: show a progress bar.
+    Parameters
+    ----------
+    paths
+        one file per row of ``table``; or None to take them from ``table[path_column]``
+        (relative paths are relative to the table file's folder).
+    table : DataFrame or path
+        DataFrame or CSV/TSV path (subject, site, ...).
+    level : int or None
+        icosahedral level wanted; maps on a higher level are cut by nesting; native maps
+        need ``spheres``. None keeps the maps as they are (all must have the same length).
+    spheres
+        one ``?h.sphere.reg`` per scan (or a single sphere shared by all) for maps in
+        native space; each scan is resampled to ``level`` (default 7).
+    cortex
+        (V,) bool mask, an annotation/label path, or one per scan; values outside are NaN.
+    out
+        a ``.npy`` path to hold the maps as a memory-map (large cohorts), or None (in memory).
+    n_jobs : int
+        scans read and resampled in parallel threads.
+    progress : bool
+        show a progress bar.
     """
     table = read_participants(table)
     base = Path(table.attrs.get("source", ".")).parent

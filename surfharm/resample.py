@@ -111,14 +111,21 @@ def locate(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray,
            *, candidates: tuple[int, ...] = (1, 8, 64)) -> tuple[np.ndarray, np.ndarray]:
     """Find the triangle of a unit-sphere mesh crossed by the ray through each point.
 
-    Args:
-        vertices: (V, 3) unit vectors of the source mesh.
-        faces: (F, 3) int triangles of the source mesh (either orientation).
-        points: (N, 3) unit vectors.
-        candidates: numbers of nearest-centroid candidate triangles tried in turn for the points not
-            yet located (on a regular mesh the nearest centroid is the answer for ~94 % of points).
+    Parameters
+    ----------
+    vertices : ndarray
+        (V, 3) unit vectors of the source mesh.
+    faces : ndarray
+        (F, 3) int triangles of the source mesh (either orientation).
+    points : ndarray
+        (N, 3) unit vectors.
+    candidates : tuple[int, ...]
+        numbers of nearest-centroid candidate triangles tried in turn for the points not
+        yet located (on a regular mesh the nearest centroid is the answer for ~94 % of points).
 
-    Returns:
+    Returns
+    -------
+    tuple[ndarray, ndarray]
         ``(face_index, weights)``: (N,) int64 triangle per point and (N, 3) float64 barycentric
         coordinates (>= 0, summing to 1) of the crossing point in that triangle.
     """
@@ -172,20 +179,29 @@ def _best_candidate(points, cand, crosses, det):
 class SphereResampler:
     """Barycentric interpolation from a source spherical mesh onto target points; weights computed once.
 
-    Args:
-        source: the mesh the maps live on: a :class:`~surfharm.io.Surface` (e.g. ``read_surface(
-            "lh.sphere.reg")``), an IcoSphere or an int level, a ``(vertices, faces)`` pair or a path.
-        target: where maps are wanted: same kinds as ``source``, or an (N, 3) array of points.
-        source_name, target_name: names used in error messages (default: the file names).
+    Parameters
+    ----------
+    source
+        the mesh the maps live on: a :class:`~surfharm.io.Surface` (e.g. ``read_surface(
+        "lh.sphere.reg")``), an IcoSphere or an int level, a ``(vertices, faces)`` pair or a path.
+    target
+        where maps are wanted: same kinds as ``source``, or an (N, 3) array of points.
+    source_name, target_name : str or None
+        names used in error messages (default: the file names).
 
-    Attributes:
-        weights: scipy.sparse CSR matrix (n_target, n_source), rows summing to 1, 3 non-zeros per row.
-        faces: (n_target, 3) int64 source vertices of each target's triangle.
-        barycentric: (n_target, 3) float64 weights of those vertices.
+    Attributes
+    ----------
+    weights : scipy.sparse.csr_matrix
+        scipy.sparse CSR matrix (n_target, n_source), rows summing to 1, 3 non-zeros per row.
+    faces : ndarray
+        (n_target, 3) int64 source vertices of each target's triangle.
+    barycentric : ndarray
+        (n_target, 3) float64 weights of those vertices.
 
-    Example:
-        >>> r = SphereResampler(read_surface("lh.sphere.reg"), 7)      # doctest: +SKIP
-        >>> fsaverage_maps = r(native_maps)                              # doctest: +SKIP
+    Examples
+    --------
+    >>> r = SphereResampler(read_surface("lh.sphere.reg"), 7)      # doctest: +SKIP
+    >>> fsaverage_maps = r(native_maps)                              # doctest: +SKIP
     """
 
     def __init__(self, source, target, *, source_name: str | None = None, target_name: str | None = None):
@@ -339,7 +355,9 @@ def resample_file(input_path, output_path, *, sphere=None, level: int = 7, to_na
     replaces NaN in the output (e.g. 0, as FreeSurfer writes outside cortex). Every input is read and
     checked (hemisphere, vertex counts) before anything is written.
 
-    Returns:
+    Returns
+    -------
+    Path
         Path of the written file.
     """
     from surfharm import io as sio

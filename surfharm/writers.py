@@ -20,19 +20,28 @@ def write_cohort(cohort: Cohort, dest, *, format: str = "mgz", layout: str = "fl
                  overwrite: bool = False) -> list[Path]:
     """Write the maps next to the input conventions; never over an input, atomically.
 
-    Args:
-        dest: a folder (one file per scan), or a ``.mgh``/``.mgz`` file (one stacked MGH, frame i =
-            scan i, as ``mris_preproc`` writes; pass ``fsgd`` to write the matching FSGD too), or a
-            ``.csv``/``.tsv`` file for ROI cohorts (table + ROI columns).
-        format: per-scan file format: 'mgz', 'mgh', 'gii' or 'curv'.
-        layout: 'flat' (``dest/<scan>.<hemi>.<measure>.<suffix>.<space>.mgz``) or 'freesurfer'
-            (``dest/<scan>/surf/<hemi>.<measure>.<suffix>.<space>.mgz``, qcache-style names).
-        space: 'ico' writes the icosahedral maps; 'native' resamples each scan back onto its own
-            ``sphere.reg`` (cohorts built from native maps) and writes curv files by default.
-        fill_value: written instead of NaN (e.g. 0, FreeSurfer's value outside cortex); None keeps NaN.
-        overwrite: replace existing output files (inputs are never replaced).
+    Parameters
+    ----------
+    dest
+        a folder (one file per scan), or a ``.mgh``/``.mgz`` file (one stacked MGH, frame i =
+        scan i, as ``mris_preproc`` writes; pass ``fsgd`` to write the matching FSGD too), or a
+        ``.csv``/``.tsv`` file for ROI cohorts (table + ROI columns).
+    format : str
+        per-scan file format: 'mgz', 'mgh', 'gii' or 'curv'.
+    layout : str
+        'flat' (``dest/<scan>.<hemi>.<measure>.<suffix>.<space>.mgz``) or 'freesurfer'
+        (``dest/<scan>/surf/<hemi>.<measure>.<suffix>.<space>.mgz``, qcache-style names).
+    space : str
+        'ico' writes the icosahedral maps; 'native' resamples each scan back onto its own
+        ``sphere.reg`` (cohorts built from native maps) and writes curv files by default.
+    fill_value : float or None
+        written instead of NaN (e.g. 0, FreeSurfer's value outside cortex); None keeps NaN.
+    overwrite : bool
+        replace existing output files (inputs are never replaced).
 
-    Returns:
+    Returns
+    -------
+    list[Path]
         The paths written (per-scan files; then the table written beside them).
     """
     dest = Path(dest)

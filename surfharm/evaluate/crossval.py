@@ -102,14 +102,21 @@ def cross_validate(spec: MethodSpec | None, X, table: pd.DataFrame, folds, covar
                    seed: int = 0) -> CVResult:
     """Out-of-fold site and age predictions with ``spec`` refit inside every fold.
 
-    Args:
-        spec: the method; None scores ``X`` as it is (e.g. the site-free truth).
-        X: (n_scans, n_features), NaN outside cortex. Harmonizers get every feature (a spherical
-            model needs the whole mesh); features left non-finite in a fold are dropped after it.
-        table: one row per scan with ``site_column``, ``age_column`` and the covariates.
-        folds: from :func:`site_folds`.
-        covariate_columns: numeric covariates given to the harmonizer (and adjusted for).
-        adjust_covariates: regress the covariates out (fit on the training fold) before site prediction.
+    Parameters
+    ----------
+    spec : MethodSpec or None
+        the method; None scores ``X`` as it is (e.g. the site-free truth).
+    X : ndarray
+        (n_scans, n_features), NaN outside cortex. Harmonizers get every feature (a spherical
+        model needs the whole mesh); features left non-finite in a fold are dropped after it.
+    table : DataFrame
+        one row per scan with ``site_column``, ``age_column`` and the covariates.
+    folds
+        from :func:`site_folds`.
+    covariate_columns
+        numeric covariates given to the harmonizer (and adjusted for).
+    adjust_covariates : bool
+        regress the covariates out (fit on the training fold) before site prediction.
     """
     X = np.asarray(X, dtype=np.float64)
     sites = table[site_column].to_numpy().astype(str)

@@ -29,11 +29,16 @@ from surfharm import harmonize
 class MethodSpec:
     """One harmonizer to benchmark.
 
-    Attributes:
-        name: registry name (:func:`surfharm.harmonize.available`).
-        label: name shown in tables and plots (default: ``name``).
-        options: constructor keyword arguments.
-        column_kwargs: ``fit``/``transform`` keyword -> table column (rows follow the data).
+    Attributes
+    ----------
+    name : str
+        registry name (:func:`surfharm.harmonize.available`).
+    label : str
+        name shown in tables and plots (default: ``name``).
+    options : dict[str, Any]
+        constructor keyword arguments.
+    column_kwargs : dict[str, str]
+        ``fit``/``transform`` keyword -> table column (rows follow the data).
     """
 
     name: str

@@ -78,7 +78,9 @@ def _fdr_fraction(p_values: np.ndarray, alpha: float) -> float:
 def site_effect_tests(X, sites, covariates: pd.DataFrame | None = None, alpha: float = 0.05) -> dict[str, float]:
     """Fraction of features with a significant site effect (location and scale) and its size.
 
-    Returns:
+    Returns
+    -------
+    dict[str, float]
         ``frac_sig_anova``, ``frac_sig_kruskal`` (location), ``frac_sig_levene`` (scale): fractions of
         features with FDR-adjusted p <= ``alpha``; ``site_eta2_median``: median partial eta^2 of site.
     """
@@ -115,13 +117,20 @@ def site_effect_tests(X, sites, covariates: pd.DataFrame | None = None, alpha: f
 def covariate_effects(X, covariates: pd.DataFrame, age_columns, sex_column: str | None = None) -> dict[str, np.ndarray]:
     """Per-feature age and sex effects (NaN for incomplete features).
 
-    Args:
-        X: (n_scans, n_features).
-        covariates: numeric covariates (e.g. ``age``, ``female``); all enter the model.
-        age_columns: the column(s) that code age (e.g. ``["age"]`` or ``["log_age"]``).
-        sex_column: 0/1 column (1 = female) for Cohen's d, or None.
+    Parameters
+    ----------
+    X : ndarray
+        (n_scans, n_features).
+    covariates : DataFrame
+        numeric covariates (e.g. ``age``, ``female``); all enter the model.
+    age_columns
+        the column(s) that code age (e.g. ``["age"]`` or ``["log_age"]``).
+    sex_column : str or None
+        0/1 column (1 = female) for Cohen's d, or None.
 
-    Returns:
+    Returns
+    -------
+    dict[str, ndarray]
         ``age_r2``: partial R^2 of the age columns (n_features,); ``age_beta``: slope of the first age
         column (units of X per unit of that column); ``sex_d``: Cohen's d, female - male (if asked).
     """
@@ -232,7 +241,9 @@ def mesh_window(faces: np.ndarray, n_vertices: int, rings: int = 2, mask: np.nda
     vertices for 2 rings on a regular icosahedral mesh, 18 at the 12 pentagons). With ``mask``, only
     masked vertices enter the windows (weights renormalised), so the medial wall never leaks in.
 
-    Returns:
+    Returns
+    -------
+    csr_matrix
         (V, V) CSR, rows summing to 1 (rows of vertices whose window is empty sum to 0).
     """
     faces = np.asarray(faces, dtype=np.int64)
@@ -258,7 +269,9 @@ def ssim_sphere(pred, target, window: sp.spmatrix, mask: np.ndarray | None = Non
     images; ``C1 = (k1 L)^2``, ``C2 = (k2 L)^2`` with ``L = data_range`` (5 mm); values are clipped to
     [0, L] as for PSNR. The SSIM map is averaged over ``mask`` (default: vertices finite in both maps).
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (n,) SSIM in [-1, 1].
     """
     x = np.clip(np.atleast_2d(np.asarray(pred, np.float64)), 0.0, data_range)
@@ -280,10 +293,14 @@ def icc_absolute(maps: np.ndarray) -> np.ndarray:
     """Per-feature ICC(2,1) (Shrout & Fleiss 1979: two-way random effects, absolute agreement, one
     rater) of traveling subjects across sites.
 
-    Args:
-        maps: (n_subjects, n_sites, n_features): every subject scanned at every site.
+    Parameters
+    ----------
+    maps : ndarray
+        (n_subjects, n_sites, n_features): every subject scanned at every site.
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (n_features,) ICC = (MSR - MSE) / (MSR + (k - 1) MSE + k (MSC - MSE) / n), with MSR the
         between-subject, MSC the between-site and MSE the residual mean square; 1 = sites agree.
     """

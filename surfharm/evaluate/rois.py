@@ -18,13 +18,19 @@ __all__ = ["DK_REGIONS", "dk_labels", "fsaverage_cortex_mask", "roi_means"]
 def roi_means(maps, hemi: str = "lh", *, prefix: str | None = None) -> pd.DataFrame:
     """Mean of each DK region, per scan (NaN vertices ignored).
 
-    Args:
-        maps: (n_scans, V) array of icosahedral maps (V = 10 * 4**k + 2) in FreeSurfer order.
-        hemi: ``"lh"`` or ``"rh"`` (``"left"``/``"right"`` accepted).
-        prefix: column prefix; default ``"lh_"`` / ``"rh_"``, giving FreeSurfer-style names such as
-            ``lh_bankssts``.
+    Parameters
+    ----------
+    maps : ndarray
+        (n_scans, V) array of icosahedral maps (V = 10 * 4**k + 2) in FreeSurfer order.
+    hemi : str
+        ``"lh"`` or ``"rh"`` (``"left"``/``"right"`` accepted).
+    prefix : str or None
+        column prefix; default ``"lh_"`` / ``"rh_"``, giving FreeSurfer-style names such as
+        ``lh_bankssts``.
 
-    Returns:
+    Returns
+    -------
+    DataFrame
         DataFrame (n_scans, 34), one column per region of :data:`DK_REGIONS`.
     """
     maps = np.asarray(maps, dtype=np.float64)

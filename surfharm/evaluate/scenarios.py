@@ -27,22 +27,37 @@ from spherical_ops import icosphere
 class BenchmarkData:
     """Everything a benchmark needs, row-aligned.
 
-    Attributes:
-        name: shown in reports.
-        X: (n_scans, n_features) observed maps (vertices or ROIs), NaN = outside cortex.
-        table: one row per scan: ``site``, ``subject``, the covariates and the age column.
-        covariate_columns: numeric covariates passed to every harmonizer (biology to keep).
-        age_columns: the covariate columns coding age (partial R^2 and slope use them).
-        age_column: the column whose value age prediction targets (years).
-        sex_column: 0/1 column (1 = female) for Cohen's d, or None.
-        truth: (n_scans, n_features) site-free maps, or None (real data).
-        truth_at_target: (n_scans, n_features) the site-free maps as the target site would acquire
-            them (simulations), or None: the best a harmonizer to that site can do.
-        traveling: (n_scans,) bool, scans of traveling subjects (held out of every fit), or None.
-        target_site: the site traveling subjects are compared with.
-        faces: mesh faces (F, 3) of vertex maps (for SSIM), or None.
-        mask: (n_features,) bool, features inside cortex (SSIM windows), or None.
-        config: JSON-able description written next to the results.
+    Attributes
+    ----------
+    name : str
+        shown in reports.
+    X : ndarray
+        (n_scans, n_features) observed maps (vertices or ROIs), NaN = outside cortex.
+    table : DataFrame
+        one row per scan: ``site``, ``subject``, the covariates and the age column.
+    covariate_columns : list[str]
+        numeric covariates passed to every harmonizer (biology to keep).
+    age_columns : list[str]
+        the covariate columns coding age (partial R^2 and slope use them).
+    age_column : str
+        the column whose value age prediction targets (years).
+    sex_column : str or None
+        0/1 column (1 = female) for Cohen's d, or None.
+    truth : ndarray or None
+        (n_scans, n_features) site-free maps, or None (real data).
+    truth_at_target : ndarray or None
+        (n_scans, n_features) the site-free maps as the target site would acquire
+        them (simulations), or None: the best a harmonizer to that site can do.
+    traveling : ndarray or None
+        (n_scans,) bool, scans of traveling subjects (held out of every fit), or None.
+    target_site : str or None
+        the site traveling subjects are compared with.
+    faces : ndarray or None
+        mesh faces (F, 3) of vertex maps (for SSIM), or None.
+    mask : ndarray or None
+        (n_features,) bool, features inside cortex (SSIM windows), or None.
+    config : dict[str, Any]
+        JSON-able description written next to the results.
     """
 
     name: str

@@ -27,12 +27,18 @@ def site_means_stds(X: np.ndarray, site_rows: Sequence[np.ndarray], *,
                     ddof: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per-site, per-vertex mean and standard deviation, NaN ignored.
 
-    Args:
-        X: (n_scans, V) maps.
-        site_rows: one index array per site.
-        ddof: delta degrees of freedom of the standard deviation (0: population SD, 1: sample SD).
+    Parameters
+    ----------
+    X : ndarray
+        (n_scans, V) maps.
+    site_rows : Sequence[ndarray]
+        one index array per site.
+    ddof : int
+        delta degrees of freedom of the standard deviation (0: population SD, 1: sample SD).
 
-    Returns:
+    Returns
+    -------
+    tuple[ndarray, ndarray]
         ``(means, stds)``, each (n_sites, V) in ``X``'s dtype and unit; NaN where a site has no finite
         value at a vertex (or, for the SD, no more than ``ddof`` of them).
     """
@@ -47,14 +53,21 @@ def masked_site_normalisation(X: np.ndarray, site_rows: Sequence[np.ndarray], ma
                               min_std: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-site z-scoring statistics of the vertices in ``mask``.
 
-    Args:
-        X: (n_scans, V) maps (mm).
-        site_rows: one index array per site.
-        mask: (V,) bool, the vertices used.
-        min_std: floor of the standard deviations (mm), so that near-constant vertices are not
-            divided by ~0.
+    Parameters
+    ----------
+    X : ndarray
+        (n_scans, V) maps (mm).
+    site_rows : Sequence[ndarray]
+        one index array per site.
+    mask : ndarray
+        (V,) bool, the vertices used.
+    min_std : float
+        floor of the standard deviations (mm), so that near-constant vertices are not
+        divided by ~0.
 
-    Returns:
+    Returns
+    -------
+    tuple[ndarray, ndarray]
         ``(mean, std)``, each (n_sites, V) float32 in mm: population mean and SD per site, floored
         at ``min_std`` inside ``mask``; 0 and 1 outside it.
     """
@@ -69,11 +82,16 @@ def masked_site_normalisation(X: np.ndarray, site_rows: Sequence[np.ndarray], ma
 def pooled_within_site_std(stds: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Pooled within-site standard deviation ``sqrt(sum_s (n_s - 1) sd_s^2 / (n - k))``, NaN ignored.
 
-    Args:
-        stds: (n_sites, V) per-site sample standard deviations (``ddof=1``).
-        counts: (n_sites,) scans per site.
+    Parameters
+    ----------
+    stds : ndarray
+        (n_sites, V) per-site sample standard deviations (``ddof=1``).
+    counts : ndarray
+        (n_sites,) scans per site.
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (V,) in the unit of ``stds``.
     """
     dof = (counts - 1)[:, None]
@@ -105,12 +123,18 @@ def zscore_inside(X: np.ndarray, mean: np.ndarray, std: np.ndarray,
                   mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Z-score maps with one site's statistics, 0 where a value is missing or outside ``mask``.
 
-    Args:
-        X: (n, V) maps (mm), NaN allowed.
-        mean, std: (V,) the site's statistics (mm).
-        mask: (V,) bool, the vertices used.
+    Parameters
+    ----------
+    X : ndarray
+        (n, V) maps (mm), NaN allowed.
+    mean, std : ndarray
+        (V,) the site's statistics (mm).
+    mask : ndarray
+        (V,) bool, the vertices used.
 
-    Returns:
+    Returns
+    -------
+    tuple[ndarray, ndarray]
         ``(z, valid)``: (n, V) float32 z-scores and the (n, V) bool array of finite values inside ``mask``.
     """
     valid = np.isfinite(X) & mask
@@ -126,13 +150,20 @@ def within_site_slopes(values: np.ndarray, X: np.ndarray, site_rows: Sequence[np
 
     Pass several sites for one slope pooled over them, or one site for that site's own slope.
 
-    Args:
-        values: (n_scans, p) covariate values (their own units).
-        X: (n_scans, V) maps (mm).
-        site_rows: one index array per site taking part.
-        mask: (V,) bool, the vertices fitted.
+    Parameters
+    ----------
+    values : ndarray
+        (n_scans, p) covariate values (their own units).
+    X : ndarray
+        (n_scans, V) maps (mm).
+    site_rows : Sequence[ndarray]
+        one index array per site taking part.
+    mask : ndarray
+        (V,) bool, the vertices fitted.
 
-    Returns:
+    Returns
+    -------
+    ndarray or None
         (p, V_mask) float64 slopes in mm per covariate unit, for the vertices of ``mask`` in order; None
         when the centred covariates are rank-deficient (a column constant within every site, or
         collinear columns).
@@ -147,11 +178,18 @@ def within_site_slopes(values: np.ndarray, X: np.ndarray, site_rows: Sequence[np
 def covariate_part(values: np.ndarray, center: np.ndarray, slopes: np.ndarray) -> np.ndarray:
     """``(values - center) @ slopes``: the covariates' linear part of each map.
 
-    Args:
-        values: (n, p) covariate values; center: (p,) their reference values.
-        slopes: (p, V) mm per covariate unit.
+    Parameters
+    ----------
+    values : ndarray
+        (n, p) covariate values.
+    center : ndarray
+        (p,) their reference values.
+    slopes : ndarray
+        (p, V) mm per covariate unit.
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (n, V) float32 in mm.
     """
     return ((values - center) @ slopes).astype(np.float32)
@@ -163,14 +201,21 @@ def masked_mean_std(z: np.ndarray, valid: np.ndarray, mask: np.ndarray,
                     floor: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-vertex mean and population SD of ``z`` over its valid entries (the calibration statistics).
 
-    Args:
-        z: (n, V) values (z-units for the calibration of a generator's outputs).
-        valid: (n, V) bool, the entries that count.
-        mask: (V,) bool, the vertices used.
-        floor: lower bound of the SD (same unit as ``z``), so that dividing by it cannot blow up a
-            vertex held nearly constant.
+    Parameters
+    ----------
+    z : ndarray
+        (n, V) values (z-units for the calibration of a generator's outputs).
+    valid : ndarray
+        (n, V) bool, the entries that count.
+    mask : ndarray
+        (V,) bool, the vertices used.
+    floor : float
+        lower bound of the SD (same unit as ``z``), so that dividing by it cannot blow up a
+        vertex held nearly constant.
 
-    Returns:
+    Returns
+    -------
+    tuple[ndarray, ndarray]
         ``(mean, std)``, each (V,) float64 in the unit of ``z``: 0 and 1 outside ``mask``.
     """
     count = np.maximum(valid.sum(axis=0), 1)

@@ -19,8 +19,9 @@ int), ``covariates`` (a DataFrame or array, one row per scan) and, where a metho
 :attr:`Harmonizer.side_data`, others such as ``subjects``. They are scikit-learn *metadata*: with
 ``sklearn.set_config(enable_metadata_routing=True)`` every harmonizer requests them for ``fit`` and
 ``transform`` by default, so a pipeline passes them through and cross-validation slices them with
-the scans. Scikit-learn's scorers do not yet pass metadata to ``predict``, so score held-out scans
-with :func:`routed_scorer`, which does (see :mod:`surfharm.harmonize.routing`).
+the scans. The default scoring (the pipeline's ``score``) passes the held-out scans' metadata on;
+scikit-learn's named scorers do not yet pass metadata to ``predict``, so wrap them in
+:func:`routed_scorer`, which does (see :mod:`surfharm.harmonize.routing`).
 
 Harmonizers register themselves by name (:func:`register`) so that ``surfharm benchmark``,
 ``surfharm harmonize --method NAME`` and :func:`load` treat every method alike.
@@ -88,7 +89,14 @@ def get(name: str) -> type["Harmonizer"]:
     """Return the harmonizer class registered as ``name``; the error lists the known names."""
     _import_builtin_harmonizers()
     if name not in _REGISTRY and name in _LAZY:
-        importlib.import_module(_LAZY[name])
+        try:
+            importlib.import_module(_LAZY[name])
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("torch", "safetensors"):
+                raise
+            raise ModuleNotFoundError(f"harmonizer {name!r} needs {exc.name}, which is not installed: "
+                                      "pip install 'surfharm[deep]' (install the torch build you want first)",
+                                      name=exc.name) from None
     if name not in _REGISTRY:
         _import_lazy_groups()
     try:
@@ -341,7 +349,8 @@ def require_sites(sites, n_scans: int, owner: str) -> np.ndarray:
         raise HarmonizerInputError(
             f"{owner} needs sites=: one site label per scan. In a scikit-learn pipeline, enable metadata "
             "routing (sklearn.set_config(enable_metadata_routing=True)) and pass sites= to fit/predict; "
-            "in cross-validation pass params={'sites': ...} and scoring=surfharm.harmonize.routed_scorer(...)")
+            "in cross-validation pass params={'sites': ...}, and with a named scorer "
+            "scoring=surfharm.harmonize.routed_scorer('roc_auc')")
     return check_sites(sites, n_scans)
 
 

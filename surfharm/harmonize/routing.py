@@ -6,8 +6,10 @@ Harmonizers request ``sites`` and their other side data for ``fit`` and ``transf
 ``cross_val_score(..., params={"sites": s, ...})`` refits the harmonizer on the training scans of
 every fold, with the metadata sliced to those scans.
 
-Scikit-learn's scorers call ``predict`` without metadata, so the held-out scans of a fold could
-not be harmonized. :func:`routed_scorer` wraps a scorer: it requests the same metadata for
+With the default scoring, cross-validation calls the pipeline's own ``score``, which routes the
+held-out scans' metadata to ``transform``. Scikit-learn's named scorers (``"roc_auc"``...) call
+``predict`` without metadata, so the held-out scans of a fold could not be harmonized.
+:func:`routed_scorer` wraps a scorer: it requests the same metadata for
 ``score`` (cross-validation slices it to the held-out scans) and passes it to the estimator's
 ``predict``, ``predict_proba``, ``decision_function`` or ``transform``::
 

@@ -38,7 +38,9 @@ NON_CORTEX_REGIONS = ("unknown", "medialwall", "medial_wall", "corpuscallosum", 
 def read_curv(path: str | os.PathLike) -> np.ndarray:
     """Read a FreeSurfer morphometry file (``lh.thickness``, ``lh.curv``, ``lh.area``, ``.gz`` too).
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (V,) float32, one value per vertex of the subject's surface.
     """
     path = existing_file(path)
@@ -79,7 +81,9 @@ def write_curv(path: str | os.PathLike, values, *, inputs=(), overwrite: bool = 
 def read_fs_surface(path: str | os.PathLike) -> Surface:
     """Read a FreeSurfer surface (``lh.white``, ``lh.pial``, ``lh.sphere``, ``lh.sphere.reg``; ``.gz`` too).
 
-    Returns:
+    Returns
+    -------
+    Surface
         :class:`Surface` with vertices (V, 3) float64 (mm; radius 100 for spheres) and faces (F, 3) int64.
     """
     path = existing_file(path)
@@ -114,7 +118,9 @@ def _looks_like_curv(path: Path) -> bool:
 def read_mgh(path: str | os.PathLike) -> np.ndarray:
     """Read a surface MGH/MGZ file (one frame per map; ``mris_preproc`` stacks one frame per subject).
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (n_frames, V) array, float32 for float data (integer data keeps an integer type): frame ``i``
         is row ``i``. The file is read once, front to back, into one array.
     """
@@ -283,7 +289,9 @@ def write_annot(path: str | os.PathLike, annotation: Annotation, *, inputs=(), o
 def read_label(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a FreeSurfer ``.label`` file.
 
-    Returns:
+    Returns
+    -------
+    tuple[ndarray, ndarray]
         ``(vertices, values)``: (n,) int64 vertex indices and (n,) float64 label values.
     """
     path = existing_file(path)

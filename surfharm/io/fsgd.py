@@ -31,7 +31,9 @@ _IGNORED = {"measurementname", "defaultvariable", "plotfile", "creationdate", "s
 def read_fsgd(path: str | os.PathLike, *, class_column: str = "class") -> tuple[pd.DataFrame, dict]:
     """Parse an FSGD file.
 
-    Returns:
+    Returns
+    -------
+    tuple[DataFrame, dict]
         ``(table, info)``: table with one row per ``Input`` line, in file order, columns ``subject``,
         ``class_column`` and one numeric column per variable; info ``{"title": str, "classes": [...],
         "variables": [...]}``.

@@ -32,7 +32,9 @@ def load_gifti(path: str | os.PathLike) -> nib.gifti.GiftiImage:
 def read_gifti_maps(path: str | os.PathLike) -> np.ndarray:
     """Read every data array of a shape/func/label GIfTI.
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (n_arrays, V) array: one row per data array (a ``.func.gii`` time series or a stack of subjects).
     """
     image = load_gifti(path)

@@ -19,11 +19,16 @@ __all__ = ["Annotation", "Surface", "validate_surface"]
 class Annotation:
     """A FreeSurfer annotation (parcellation).
 
-    Attributes:
-        labels: (V,) int64, index into ``names`` per vertex; -1 where no label is assigned.
-        names: region names, ``names[labels[v]]`` is vertex v's region.
-        ctab: (n_regions, 5) int colour table (r, g, b, alpha, id) as FreeSurfer stores it.
-        source: the file it was read from, or None.
+    Attributes
+    ----------
+    labels : ndarray
+        (V,) int64, index into ``names`` per vertex; -1 where no label is assigned.
+    names : list[str]
+        region names, ``names[labels[v]]`` is vertex v's region.
+    ctab : ndarray
+        (n_regions, 5) int colour table (r, g, b, alpha, id) as FreeSurfer stores it.
+    source : str or None
+        the file it was read from, or None.
     """
 
     labels: np.ndarray

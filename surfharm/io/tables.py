@@ -74,7 +74,9 @@ def read_table(path: str | os.PathLike, *, id_column: str | None = None) -> pd.D
     ``id_column``: the column holding subject ids when it is not one of :data:`COLUMN_ALIASES`
     (for ``aparcstats2table``/``asegstats2table`` output the first column is used).
 
-    Returns:
+    Returns
+    -------
+    DataFrame
         DataFrame, one row per line; id columns as str, columns whose every value parses as a number
         as numbers, the rest as str. ``table.attrs["source"]`` is the file name.
     """
@@ -127,7 +129,9 @@ def read_roi_table(path: str | os.PathLike, *, covariates: str | os.PathLike | p
     measure (:data:`GLOBAL_COLUMNS`, kept as covariates), a per-scan descriptor such as age or sex
     (:data:`DESCRIPTOR_COLUMNS`, any case) or a column of ``covariates``.
 
-    Returns:
+    Returns
+    -------
+    tuple[DataFrame, list[str]]
         ``(table, feature_names)``: one row per scan with id, covariate and feature columns.
     """
     table = read_table(path, id_column=id_column)

@@ -161,11 +161,16 @@ class SiteClassifier(nn.Module):
 class CDAENetwork(nn.Module):
     """The three networks a harmonized map needs (the adversary is apart: :class:`SiteClassifier`).
 
-    Args:
-        in_channels: map channels (thickness; optionally sulc, curv): all are reconstructed.
-        level: icosahedral level of the maps.
-        n_sites: scanners seen in training (length of the one-hot code).
-        base_channels: 32 for the authors' widths.
+    Parameters
+    ----------
+    in_channels : int
+        map channels (thickness; optionally sulc, curv): all are reconstructed.
+    level : int
+        icosahedral level of the maps.
+    n_sites : int
+        scanners seen in training (length of the one-hot code).
+    base_channels : int
+        32 for the authors' widths.
     """
 
     def __init__(self, in_channels: int, level: int, n_sites: int, base_channels: int = 32):

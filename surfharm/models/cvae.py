@@ -66,13 +66,21 @@ def _mlp(widths: list[int]) -> nn.Sequential:
 class ConditionalVAE(nn.Module):
     """DeepComBat's encoder and decoder, conditioned on site (one-hot) and covariates (in [0, 1]).
 
-    Args:
-        n_features: p, the features of a scan (z-scored).
-        n_sites: K, one-hot site columns.
-        n_covariates: Q, covariate columns (indicator columns and min-max scaled numbers).
-        latent_dim: latent size (default :func:`default_latent_dim`).
-        n_hidden: hidden layers of each network (3).
+    Parameters
+    ----------
+    n_features : int
+        p, the features of a scan (z-scored).
+    n_sites : int
+        K, one-hot site columns.
+    n_covariates : int
+        Q, covariate columns (indicator columns and min-max scaled numbers).
+    latent_dim : int or None
+        latent size (default :func:`default_latent_dim`).
+    n_hidden : int
+        hidden layers of each network (3).
 
+    Notes
+    -----
     Shapes: ``x`` (B, p), ``site`` (B, K), ``cov`` (B, Q), ``z`` (B, latent_dim).
     """
 

@@ -18,15 +18,23 @@ from spherical_ops.nn import IcoConv, IcoPool, IcoUNet, check_input
 class SphericalGenerator(nn.Module):
     """Spherical U-Net generator.
 
-    Args:
-        in_channels: map channels (thickness first; optionally sulc, curv).
-        level: icosahedral level of the maps (V = 10 * 4**level + 2 vertices).
-        cond_channels: conditioning channels (constant over vertices), e.g. 1 for age.
-        depth, base_channels, ring: of the U-Net (see :class:`spherical_ops.IcoUNet`).
-        residual: predict a correction added to the input's first channel. The output layer starts
-            at zero, so an untrained residual generator is the identity (in the per-site z-scored
-            space this is per-vertex mean/std matching), and training departs from it.
+    Parameters
+    ----------
+    in_channels : int
+        map channels (thickness first; optionally sulc, curv).
+    level : int
+        icosahedral level of the maps (V = 10 * 4**level + 2 vertices).
+    cond_channels : int
+        conditioning channels (constant over vertices), e.g. 1 for age.
+    depth, base_channels, ring : int
+        of the U-Net (see :class:`spherical_ops.IcoUNet`).
+    residual : bool
+        predict a correction added to the input's first channel. The output layer starts
+        at zero, so an untrained residual generator is the identity (in the per-site z-scored
+        space this is per-vertex mean/std matching), and training departs from it.
 
+    Notes
+    -----
     Shapes:
         x (B, in_channels, V), cond (B, cond_channels) or None -> (B, 1, V).
     """
@@ -51,13 +59,23 @@ class SphericalGenerator(nn.Module):
 class SphericalDiscriminator(nn.Module):
     """Spherical CNN discriminator scoring how much a map looks like one site's.
 
-    Args:
-        in_channels: map channels; cond_channels: conditioning channels (as the generator's).
-        level: icosahedral level of the maps.
-        n_down: pooling steps (score at level ``level - n_down``).
-        base_channels: channels after the first convolution, doubled after each pooling.
-        global_score: average the patch scores into one score per map.
+    Parameters
+    ----------
+    in_channels : int
+        map channels.
+    cond_channels : int
+        conditioning channels (as the generator's).
+    level : int
+        icosahedral level of the maps.
+    n_down : int
+        pooling steps (score at level ``level - n_down``).
+    base_channels : int
+        channels after the first convolution, doubled after each pooling.
+    global_score : bool
+        average the patch scores into one score per map.
 
+    Notes
+    -----
     Shapes:
         x (B, in_channels, V), cond (B, cond_channels) or None -> (B, 1, V(level - n_down)) or (B, 1).
     """

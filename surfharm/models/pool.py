@@ -14,9 +14,12 @@ import torch
 class ImagePool:
     """A pool of up to ``size`` generated maps; ``size`` 0 returns its input unchanged.
 
-    Args:
-        size: number of maps kept (the authors use 20).
-        seed: seed of the random draws.
+    Parameters
+    ----------
+    size : int
+        number of maps kept (the authors use 20).
+    seed : int
+        seed of the random draws.
     """
 
     def __init__(self, size: int = 20, seed: int = 0):

@@ -37,15 +37,24 @@ TARGET, CHANGED = "A", "A2"
 class DemoSettings:
     """Size of the demo. ``quick``: about a minute of work; ``full``: a few minutes on 2 CPU cores.
 
-    Attributes:
-        level: icosahedral level (5 = fsaverage5, 10242 vertices).
-        n_subjects: infants of the study (3 sessions each), split between the scanners by scan date.
-        n_traveling: infants scanned on both scanners (held out of every fit).
-        n_splits: cross-validation folds (each refits every method).
-        s2sgan_steps: S2SGAN training steps (batch 2) per fit; 0 skips S2SGAN.
-        s2sgan_depth, s2sgan_channels: U-Net resolutions and base channels.
-        render: write pyvista renderings (before/after) and the renderings of the report.
-        seed: seed of the simulation, the folds and the training.
+    Attributes
+    ----------
+    level : int
+        icosahedral level (5 = fsaverage5, 10242 vertices).
+    n_subjects : int
+        infants of the study (3 sessions each), split between the scanners by scan date.
+    n_traveling : int
+        infants scanned on both scanners (held out of every fit).
+    n_splits : int
+        cross-validation folds (each refits every method).
+    s2sgan_steps : int
+        S2SGAN training steps (batch 2) per fit; 0 skips S2SGAN.
+    s2sgan_depth, s2sgan_channels : int
+        U-Net resolutions and base channels.
+    render : bool
+        write pyvista renderings (before/after) and the renderings of the report.
+    seed : int
+        seed of the simulation, the folds and the training.
     """
 
     level: int = 5

@@ -62,17 +62,23 @@ def _paths(value) -> tuple[Path, ...]:
 class InputSource(abc.ABC):
     """What a run reads: the options every input kind shares; each kind is a subclass.
 
-    Attributes:
-        participants: a table (CSV/TSV) of the scans: for ``SUBJECTS_DIR`` input the participants table
-            (one row per scan); for the others an optional covariate table joined by subject (for NIfTI
-            input, the table with an ``image`` column).
-        measure: map name, e.g. ``thickness`` (file ``surf/lh.thickness``); None: read from the file
-            names (``lh.thickness.fsaverage.mgh``) or the ROI columns (``..._thickness``).
-        site_column: the table column naming each scan's site (scanner); None or ``site``: the ``site``
-            column (for a stacked MGH without one, its FSGD class).
-        value_range: ``(low, high)`` plausible values of the maps, instead of the measure's default
-            (:mod:`surfharm.io.plausibility`: thickness [0, 10] mm, area and volume >= 0).
-        allow_implausible: skip the range check (measures that may be negative or leave the range).
+    Attributes
+    ----------
+    participants : Path or None
+        a table (CSV/TSV) of the scans: for ``SUBJECTS_DIR`` input the participants table
+        (one row per scan); for the others an optional covariate table joined by subject (for NIfTI
+        input, the table with an ``image`` column).
+    measure : str or None
+        map name, e.g. ``thickness`` (file ``surf/lh.thickness``); None: read from the file
+        names (``lh.thickness.fsaverage.mgh``) or the ROI columns (``..._thickness``).
+    site_column : str or None
+        the table column naming each scan's site (scanner); None or ``site``: the ``site``
+        column (for a stacked MGH without one, its FSGD class).
+    value_range : tuple or None
+        ``(low, high)`` plausible values of the maps, instead of the measure's default
+        (:mod:`surfharm.io.plausibility`: thickness [0, 10] mm, area and volume >= 0).
+    allow_implausible : bool
+        skip the range check (measures that may be negative or leave the range).
     """
 
     #: The input's name in config.json (``"input"``) and in :data:`INPUTS`.
@@ -215,14 +221,21 @@ class InputSource(abc.ABC):
 class SubjectsDirInput(InputSource):
     """A FreeSurfer ``SUBJECTS_DIR`` and its participants table (required).
 
-    Attributes:
-        subjects_dir: the FreeSurfer tree.
-        hemis: hemispheres to read.
-        level: icosahedral level the maps are brought to (7 = fsaverage, 5 = fsaverage5).
-        fwhm: read ``<hemi>.<measure>.fwhm<fwhm>.fsaverage.mgh``; None = the native map, unless every
-            scan has exactly one such qcache file (then that one).
-        dir_pattern: subject folder name (default ``{subject}`` or ``{subject}_{session}``).
-        n_jobs: scans read and resampled in parallel threads.
+    Attributes
+    ----------
+    subjects_dir : Path or None
+        the FreeSurfer tree.
+    hemis : tuple[str, ...]
+        hemispheres to read.
+    level : int
+        icosahedral level the maps are brought to (7 = fsaverage, 5 = fsaverage5).
+    fwhm : int or None
+        read ``<hemi>.<measure>.fwhm<fwhm>.fsaverage.mgh``; None = the native map, unless every
+        scan has exactly one such qcache file (then that one).
+    dir_pattern : str or None
+        subject folder name (default ``{subject}`` or ``{subject}_{session}``).
+    n_jobs : int
+        scans read and resampled in parallel threads.
     """
 
     name: ClassVar[str] = "subjects_dir"
@@ -375,11 +388,16 @@ class SubjectsDirInput(InputSource):
 class StackedMghInput(InputSource):
     """Stacked MGH/MGZ files (one frame per scan, one file per hemisphere) and the FSGD listing their frames.
 
-    Attributes:
-        mgh: the stacked files (``lh.``/``rh.`` in their names name the hemisphere).
-        fsgd: the FSGD file (frame i = i-th ``Input`` line).
-        cortex: label/annotation of the stacked MGH's mesh (vertices outside become NaN).
-        chunk_frames: frames read at a time (the stack is streamed).
+    Attributes
+    ----------
+    mgh : tuple[Path, ...]
+        the stacked files (``lh.``/``rh.`` in their names name the hemisphere).
+    fsgd : Path or None
+        the FSGD file (frame i = i-th ``Input`` line).
+    cortex : Path or None
+        label/annotation of the stacked MGH's mesh (vertices outside become NaN).
+    chunk_frames : int
+        frames read at a time (the stack is streamed).
     """
 
     name: ClassVar[str] = "stacked_mgh"
@@ -463,8 +481,10 @@ class RoiTableInput(InputSource):
     """An ROI table (``aparcstats2table`` TSV or CSV, one row per scan), with an optional covariate table
     (``participants``) joined by subject.
 
-    Attributes:
-        roi_table: the table.
+    Attributes
+    ----------
+    roi_table : Path or None
+        the table.
     """
 
     name: ClassVar[str] = "roi_table"
@@ -566,13 +586,19 @@ class VolumeSet:
 class NiftiInput(InputSource):
     """NIfTI volumes (``.nii``/``.nii.gz``) for the volumetric methods.
 
-    Attributes:
-        images: NIfTI files, or one folder (every NIfTI in it, sorted by name).
-        masks: brain masks (> 0.5 = brain): one per scan, one for every scan, or a folder holding a
-            mask named like each scan; none: derived from each skull-stripped scan (voxels > 0).
-        sites: the site of each scan, in the order of ``images`` (or a ``site`` column in ``participants``).
-        participants: a table with a column ``image`` (file name or path) and ``site``, plus covariates.
-        control_mask: RAVEL's control (CSF) region mask, read at fit time.
+    Attributes
+    ----------
+    images : tuple[Path, ...]
+        NIfTI files, or one folder (every NIfTI in it, sorted by name).
+    masks : tuple[Path, ...]
+        brain masks (> 0.5 = brain): one per scan, one for every scan, or a folder holding a
+        mask named like each scan; none: derived from each skull-stripped scan (voxels > 0).
+    sites : tuple
+        the site of each scan, in the order of ``images`` (or a ``site`` column in ``participants``).
+    participants : Path or None
+        a table with a column ``image`` (file name or path) and ``site``, plus covariates.
+    control_mask : Path or None
+        RAVEL's control (CSF) region mask, read at fit time.
     """
 
     name: ClassVar[str] = "nifti"

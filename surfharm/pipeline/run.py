@@ -68,19 +68,29 @@ def harmonize(source: InputSource, method: str, out, *, keep=None, smooth=(), re
     The run is written beside ``out`` and moved into place when complete (:class:`outputs.RunTarget`):
     ``out`` holds exactly this run, or, when the run fails or is stopped, what it held before.
 
-    Args:
-        source: what to read (an :class:`surfharm.pipeline.inputs.InputSource`).
-        method: ``NAME[:KEY=VALUE,...]`` (:func:`surfharm.pipeline.models.parse_method`).
-        out: output folder (created; refused when not empty unless ``overwrite``, which replaces the
-            previous run as a whole; refused when an input lies inside it).
-        keep: covariate columns whose effects are preserved (default: age and sex when present; none
-            for NIfTI scans).
-        smooth: covariates modelled by a spline (ComBat-GAM), e.g. ``["age"]`` for infants.
-        reference_site: harmonize to this site (ComBat's reference, S2SGAN's target).
-        space: per-scan maps in ``ico`` (fsaverageN) order, ``native`` order or ``both`` (SUBJECTS_DIR).
-        report: write the HTML report of each run folder.
-        clip_output: clip harmonized values outside the measure's plausible range into it (they are
-            counted either way: metrics.csv column ``implausible_values``).
+    Parameters
+    ----------
+    source : InputSource
+        what to read (an :class:`surfharm.pipeline.inputs.InputSource`).
+    method : str
+        ``NAME[:KEY=VALUE,...]`` (:func:`surfharm.pipeline.models.parse_method`).
+    out
+        output folder (created; refused when not empty unless ``overwrite``, which replaces the
+        previous run as a whole; refused when an input lies inside it).
+    keep
+        covariate columns whose effects are preserved (default: age and sex when present; none
+        for NIfTI scans).
+    smooth
+        covariates modelled by a spline (ComBat-GAM), e.g. ``["age"]`` for infants.
+    reference_site : str or None
+        harmonize to this site (ComBat's reference, S2SGAN's target).
+    space : str
+        per-scan maps in ``ico`` (fsaverageN) order, ``native`` order or ``both`` (SUBJECTS_DIR).
+    report : bool
+        write the HTML report of each run folder.
+    clip_output : bool
+        clip harmonized values outside the measure's plausible range into it (they are
+        counted either way: metrics.csv column ``implausible_values``).
     """
     spaces = source.spaces(space)
     spec = models.parse_method(method, smooth=smooth, reference_site=reference_site, progress=progress)

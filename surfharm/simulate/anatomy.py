@@ -74,12 +74,18 @@ def upsample_maps(maps: np.ndarray, from_level: int, to_level_: int) -> np.ndarr
 def infant_growth(age_months, tau_months, birth_fraction: float = 0.73) -> np.ndarray:
     """Relative thickness g(t) (1 at 24 months) of the saturating infant growth curve.
 
-    Args:
-        age_months: (n,) ages in months (0-24 is the modelled range; older ages saturate).
-        tau_months: (V,) growth time constant of each vertex, months.
-        birth_fraction: g(0) when tau is 4.5 months (about 0.73: thickness grows by ~35 % to 24 months).
+    Parameters
+    ----------
+    age_months : ndarray
+        (n,) ages in months (0-24 is the modelled range; older ages saturate).
+    tau_months : ndarray
+        (V,) growth time constant of each vertex, months.
+    birth_fraction : float
+        g(0) when tau is 4.5 months (about 0.73: thickness grows by ~35 % to 24 months).
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (n, V) growth factors.
     """
     a = 1.0 - birth_fraction

@@ -20,13 +20,19 @@ _FWHM_TO_SIGMA = 1.0 / np.sqrt(8.0 * np.log(2.0))
 def gaussian_smoother(vertices: np.ndarray, fwhm_mm: float, mask: np.ndarray | None = None) -> sp.csr_matrix:
     """Row-normalised Gaussian smoothing operator on the sphere.
 
-    Args:
-        vertices: (V, 3) points on a sphere of any radius (they are projected onto the unit sphere).
-        fwhm_mm: full width at half maximum in mm on a 100 mm sphere; 0 gives the identity.
-        mask: optional (V,) bool; when given only masked vertices contribute (values outside the
-            mask never leak in) and rows are renormalised over them.
+    Parameters
+    ----------
+    vertices : ndarray
+        (V, 3) points on a sphere of any radius (they are projected onto the unit sphere).
+    fwhm_mm : float
+        full width at half maximum in mm on a 100 mm sphere; 0 gives the identity.
+    mask : ndarray or None
+        optional (V,) bool; when given only masked vertices contribute (values outside the
+        mask never leak in) and rows are renormalised over them.
 
-    Returns:
+    Returns
+    -------
+    csr_matrix
         (V, V) CSR matrix ``W``; ``W @ x`` smooths a map ``x`` (V,) or maps (V, n).
     """
     n = vertices.shape[0]
@@ -53,7 +59,9 @@ def smooth_random_fields(smoother: sp.spmatrix, n_fields: int, rng: np.random.Ge
     deviation the smoothing leaves at each vertex (``sqrt(sum_j W_ij^2)``) so that the amplitude is
     exactly 1 everywhere, whatever the FWHM and mesh density.
 
-    Returns:
+    Returns
+    -------
+    ndarray
         (n_fields, V) float64.
     """
     n = smoother.shape[0]

@@ -65,23 +65,38 @@ class ScannerChange:
 class SimulationConfig:
     """Everything that defines a simulated cohort (lengths in mm, FWHM on a 100 mm sphere).
 
-    Attributes:
-        mode: ``"adult"`` (ages in years, slow thinning) or ``"infant"`` (0-24 months, growth curve).
-        level: icosahedral level of the maps (3..7; 5 = fsaverage5).
-        hemi: ``"lh"`` or ``"rh"`` (``"left"``/``"right"`` accepted).
-        sites: the sites (:class:`SiteSpec`).
-        n_sessions: scans per subject (longitudinal when > 1).
-        session_interval_years: adult mode: years between sessions.
-        n_traveling: extra subjects scanned once at every site (and on a changed scanner), same age.
-        age_range: default age range, years (adult) or months (infant, traveling subjects' ages).
-        scanner_change: optional :class:`ScannerChange` (longitudinal studies).
-        subject_global_sd / subject_coarse_sd / subject_fine_sd: individual deviation (mm): a
-            whole-cortex offset, a smooth field of FWHM ``subject_coarse_fwhm_mm`` and a finer one of
-            FWHM ``subject_fine_fwhm_mm`` (total vertex SD about 0.23 mm with the defaults).
-        age_slope / age_slope_sd: adult thinning (mm/year) and its spatial SD.
-        sex_effect / sex_effect_sd: female minus male thickness (mm) and its spatial SD.
-        growth_tau_months / growth_tau_sd / birth_fraction: infant growth curve (see anatomy).
-        seed: seed of every random stream.
+    Attributes
+    ----------
+    mode : str
+        ``"adult"`` (ages in years, slow thinning) or ``"infant"`` (0-24 months, growth curve).
+    level : int
+        icosahedral level of the maps (3..7; 5 = fsaverage5).
+    hemi : str
+        ``"lh"`` or ``"rh"`` (``"left"``/``"right"`` accepted).
+    sites : tuple[SiteSpec, ...]
+        the sites (:class:`SiteSpec`).
+    n_sessions : int
+        scans per subject (longitudinal when > 1).
+    session_interval_years : float
+        adult mode: years between sessions.
+    n_traveling : int
+        extra subjects scanned once at every site (and on a changed scanner), same age.
+    age_range : tuple[float, float]
+        default age range, years (adult) or months (infant, traveling subjects' ages).
+    scanner_change : ScannerChange or None
+        optional :class:`ScannerChange` (longitudinal studies).
+    subject_global_sd, subject_coarse_sd, subject_fine_sd : float
+        individual deviation (mm): a whole-cortex offset, a smooth field of FWHM
+        ``subject_coarse_fwhm_mm`` and a finer one of FWHM ``subject_fine_fwhm_mm`` (total vertex SD
+        about 0.23 mm with the defaults).
+    age_slope, age_slope_sd : float
+        adult thinning (mm/year) and its spatial SD.
+    sex_effect, sex_effect_sd : float
+        female minus male thickness (mm) and its spatial SD.
+    growth_tau_months, growth_tau_sd, birth_fraction : float
+        infant growth curve (see anatomy).
+    seed : int
+        seed of every random stream.
     """
 
     mode: str = "adult"
@@ -178,16 +193,24 @@ def _site_from_dict(values: dict) -> SiteSpec:
 class SimulatedCohort:
     """A simulated cohort and its ground truth, aligned row by row.
 
-    Attributes:
-        maps: (n_scans, V) float32, observed thickness (mm), NaN outside cortex.
-        truth: (n_scans, V) float32, the same scans without any site effect.
-        table: one row per scan: ``subject``, ``session``, ``site``, ``age`` (years), ``sex``
-            (``"F"``/``"M"``), ``female`` (0/1), ``traveling`` (bool), ``scan_date`` (months since
-            the study began); infant mode adds ``age_months`` and ``log_age`` (log of age in years).
-        mask: (V,) bool, cortex (False on the medial wall).
-        level, hemi: mesh of the maps (hemi ``"lh"`` or ``"rh"``).
-        site_maps: each site's fixed additive/multiplicative fields (at level ``min(level, 5)``).
-        config: the :class:`SimulationConfig` that produced it.
+    Attributes
+    ----------
+    maps : ndarray
+        (n_scans, V) float32, observed thickness (mm), NaN outside cortex.
+    truth : ndarray
+        (n_scans, V) float32, the same scans without any site effect.
+    table : DataFrame
+        one row per scan: ``subject``, ``session``, ``site``, ``age`` (years), ``sex``
+        (``"F"``/``"M"``), ``female`` (0/1), ``traveling`` (bool), ``scan_date`` (months since
+        the study began); infant mode adds ``age_months`` and ``log_age`` (log of age in years).
+    mask : ndarray
+        (V,) bool, cortex (False on the medial wall).
+    level, hemi
+        mesh of the maps (hemi ``"lh"`` or ``"rh"``).
+    site_maps : dict[str, SiteMaps]
+        each site's fixed additive/multiplicative fields (at level ``min(level, 5)``).
+    config : SimulationConfig
+        the :class:`SimulationConfig` that produced it.
     """
 
     maps: np.ndarray

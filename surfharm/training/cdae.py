@@ -97,10 +97,17 @@ class CDAEConfig:
 class CDAETrainer(Trainer):
     """Train CDAE's networks; see the module docstring.
 
-    Args:
-        config: the run's :class:`CDAEConfig`.
-        maps: (n, C, V) float32 z-scored per site, 0 outside ``mask``; mask: (n, V) bool;
-        sites: (n,) int site indices in ``[0, n_sites)``.
+    Parameters
+    ----------
+    config : CDAEConfig
+        the run's :class:`CDAEConfig`.
+    maps : Tensor
+        (n, C, V) float32 z-scored per site, 0 outside ``mask``.
+    mask : Tensor
+        (n, V) bool.
+    sites : Tensor
+        (n,) int site indices in ``[0, n_sites)``.
+    device, checkpoint_path, checkpoint_every, validate, checkpoint_extra, progress
         Other arguments as :class:`surfharm.training.CycleGANTrainer`'s.
     """
 

@@ -11,10 +11,14 @@ import torch
 class DomainData:
     """The training scans of one domain (site), already normalised.
 
-    Attributes:
-        maps: (n, in_channels, V) float32, z-scored per vertex, 0 outside the mask.
-        mask: (n, V) bool, vertices inside cortex (the only ones in the losses).
-        cond: (n, cond_channels) float32 conditioning values (standardised), or None.
+    Attributes
+    ----------
+    maps : Tensor
+        (n, in_channels, V) float32, z-scored per vertex, 0 outside the mask.
+    mask : Tensor
+        (n, V) bool, vertices inside cortex (the only ones in the losses).
+    cond : Tensor or None
+        (n, cond_channels) float32 conditioning values (standardised), or None.
     """
 
     maps: torch.Tensor

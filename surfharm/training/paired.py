@@ -106,11 +106,20 @@ class PairedNetworks(nn.Module):
 class PairedTrainer(Trainer):
     """Train :class:`PairedNetworks` on pairs of scans; see the module docstring.
 
-    Args:
-        config: the run's :class:`PairedConfig`.
-        maps: (n, C, V) float32 z-scored per site, 0 outside ``mask``; mask: (n, V) bool;
-        sites: (n,) int site indices; pairs: (n_pairs, 2) int rows (a scan, its reference-scanner scan);
-        unpaired: int rows of scans without a partner (used when ``config.unpaired`` > 0).
+    Parameters
+    ----------
+    config : PairedConfig
+        the run's :class:`PairedConfig`.
+    maps : Tensor
+        (n, C, V) float32 z-scored per site, 0 outside ``mask``.
+    mask : Tensor
+        (n, V) bool.
+    sites : Tensor
+        (n,) int site indices.
+    pairs : ndarray
+        (n_pairs, 2) int rows (a scan, its reference-scanner scan).
+    unpaired : ndarray or None
+        int rows of scans without a partner (used when ``config.unpaired`` > 0).
     """
 
     checkpoint_format = PAIRED_CHECKPOINT_FORMAT

@@ -298,17 +298,25 @@ class Trainer:
 class CycleGANTrainer(Trainer):
     """Train S2SGAN's networks on two domains; see the module docstring.
 
-    Args:
-        config: the run's :class:`TrainingConfig`.
-        x, y: the source (X) and target (Y) domains.
-        device: "cpu", "cuda", "cuda:1"...; under torchrun each process uses its local GPU.
-        checkpoint_path: the ``.safetensors`` file written every ``checkpoint_every`` steps (0: only at
-            the end) and at the end of :meth:`train`; None writes none.
-        validate: optional callable ``(trainer) -> dict[str, float]`` run on rank 0 after each epoch;
-            its values join the history and the progress bar.
-        checkpoint_extra: ``() -> (tensors, metadata)`` of the caller (e.g. normalisation statistics)
-            stored in every checkpoint.
-        progress: show a tqdm progress bar with the losses (rank 0).
+    Parameters
+    ----------
+    config : TrainingConfig
+        the run's :class:`TrainingConfig`.
+    x, y : DomainData
+        the source (X) and target (Y) domains.
+    device : str
+        "cpu", "cuda", "cuda:1"...; under torchrun each process uses its local GPU.
+    checkpoint_path
+        the ``.safetensors`` file written every ``checkpoint_every`` steps (0: only at
+        the end) and at the end of :meth:`train`; None writes none.
+    validate : Callable or None
+        optional callable ``(trainer) -> dict[str, float]`` run on rank 0 after each epoch;
+        its values join the history and the progress bar.
+    checkpoint_extra : Callable[[], tuple[dict, dict]] or None
+        ``() -> (tensors, metadata)`` of the caller (e.g. normalisation statistics)
+        stored in every checkpoint.
+    progress : bool
+        show a tqdm progress bar with the losses (rank 0).
     """
 
     def __init__(self, config: TrainingConfig, x: DomainData, y: DomainData, *, device="cpu",

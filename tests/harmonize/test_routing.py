@@ -55,6 +55,22 @@ def test_cross_val_score_refits_the_harmonizer_on_training_scans_only():
         assert seen == set(train) and not seen & set(test)
 
 
+def test_the_default_score_routes_the_held_out_scans_metadata_too():
+    # cross_val_score(pipeline, X, y, params=...) as it stands: the pipeline's own score passes the held-out
+    # scans' sites to ComBat.transform; the harmonizer is fitted on training scans only.
+    X, y, sites, covariates = cohort(seed=3)
+    SEEN_IN_FIT.clear()
+    folds = StratifiedKFold(n_splits=4, shuffle=True, random_state=3)
+    pipe = make_pipeline(SpyComBat(), LogisticRegression(max_iter=1000))
+    scores = cross_val_score(pipe, X, y, cv=folds, params={"sites": sites, "covariates": covariates},
+                             error_score="raise")
+    by_name = cross_val_score(pipe, X, y, cv=folds, params={"sites": sites, "covariates": covariates},
+                              scoring=routed_scorer("accuracy"), error_score="raise")
+    np.testing.assert_allclose(scores, by_name)
+    for seen, (train, test) in zip(SEEN_IN_FIT, list(folds.split(X, y)) * 2):
+        assert seen == set(train) and not seen & set(test)
+
+
 def test_routed_cross_validation_equals_harmonizing_each_fold_by_hand():
     X, y, sites, covariates = cohort(seed=1)
     folds = list(StratifiedKFold(n_splits=3, shuffle=True, random_state=1).split(X, y))

@@ -114,6 +114,11 @@ class Scans:
 
 def as_scans(X, masks=None) -> Scans:
     """Recognise the input form (see the module docstring) and check the masks' count."""
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):
+        raise VolumeInputError("X is a sparse matrix; sparse data is not supported: pass a dense (n_scans, n_voxels) "
+                               "array with NaN outside each scan's mask, or a list of volumes")
+    if hasattr(X, "__array__") and not isinstance(X, (np.ndarray, str, bytes)) and not hasattr(X, "dataobj"):
+        X = np.asarray(X)                      # array-likes (e.g. a DataFrame) as the matrix form
     if isinstance(X, np.ndarray) and X.ndim == 2:
         if masks is not None:
             raise VolumeInputError("masks apply to a list of volumes; in a 2-D X (n_scans, n_voxels) mark "
@@ -187,8 +192,9 @@ class VolumeHarmonizer(Harmonizer):
         """Refuse a matrix whose number of voxels differs from the one ``fit`` saw, naming both."""
         expected = getattr(self, "n_features_in_", None)
         if scans.is_matrix and expected is not None and scans.matrix.shape[1] != expected:
-            raise VolumeInputError(f"X has {scans.matrix.shape[1]} voxels (columns); this {type(self).__name__} "
-                                   f"was fitted on {expected}: give the voxels of the same grid, in the same order")
+            raise VolumeInputError(f"X has {scans.matrix.shape[1]} features, but {type(self).__name__} is expecting "
+                                   f"{expected} features as input (voxels, the columns it was fitted on): give the "
+                                   "voxels of the same grid, in the same order")
 
     # -- model files ------------------------------------------------------------------------------
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

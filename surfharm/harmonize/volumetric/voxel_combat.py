@@ -62,10 +62,10 @@ class VoxelComBat(VolumeHarmonizer):
 
     def fit(self, X, y=None, *, sites=None, covariates=None, masks=None) -> "VoxelComBat":
         """Fit ComBat on the analysis-mask voxels of ``X`` (volumes with ``masks``, or a matrix)."""
+        scans = as_scans(X, masks)
         if sites is None:
             raise VolumeInputError("voxel-wise ComBat needs the site of every scan (sites=...)")
         combat = self._combat()
-        scans = as_scans(X, masks)
         mask, affine, shape = (None, None, None) if scans.is_matrix else analysis_mask(scans)
         Y = voxel_matrix(scans, mask, affine, scans.name(0), prenormalizer(self.normalize), allow_nan=True).values
         self.combat_ = combat.fit(Y, sites=sites, covariates=covariates)

@@ -47,6 +47,7 @@ import torch
 
 from spherical_ops import VERTEX_COUNTS, level_of
 from surfharm.harmonize import _location_scale as ls
+from surfharm.harmonize._networks import check_weights, covariate_columns, load_weights
 from surfharm.harmonize.base import Harmonizer, HarmonizerInputError, StateCheck, check_data, register, require_sites
 from surfharm.models.cdae import CDAENetwork, CDAEWeights
 
@@ -323,12 +324,7 @@ class CDAE(Harmonizer):
         self.mask_ = arrays["mask"].astype(bool)
         self.keep_center_, self.keep_beta_ = arrays["keep_center"], arrays["keep_beta"]
         net = CDAENetwork(self.n_channels_, self.level_, len(self.sites_), int(self.base_channels))
-        weights = {k[len("model."):]: torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith("model.")}
-        missing, unexpected = net.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise KeyError(f"model weights {sorted(missing)[:3] or sorted(unexpected)[:3]} (shape or architecture "
-                           "differs from the parameters in the file)")
-        self.model_ = net.to(self.device).eval()
+        self.model_ = load_weights(net, arrays, "model").to(self.device).eval()
 
     def _check_state(self, check: StateCheck) -> None:
         shape = (len(self.sites_), self.n_channels_, self.n_features_in_)
@@ -338,9 +334,7 @@ class CDAE(Harmonizer):
         where = np.broadcast_to(self.mask_, shape)
         check.finite("mean", self.mean_, where)
         check.finite("std", self.std_, where, positive=True)
-        for key, value in self.model_.state_dict().items():
-            if value.is_floating_point():
-                check.finite(f"model.{key}", value.detach().float().cpu().numpy())
+        check_weights(check, self.model_, "model")
 
 
 # -- helpers shared with the paired mode ------------------------------------------------------------------
@@ -380,20 +374,8 @@ def site_indices(sites, known: list) -> np.ndarray:
 
 
 def covariate_values(covariates, n_scans: int, names: list) -> np.ndarray:
-    """(n_scans, p) float64 values of the covariate columns ``names``, checked."""
-    if not isinstance(covariates, pd.DataFrame):
-        raise HarmonizerInputError(f"keep_covariates={names} needs covariates as a DataFrame with those columns, "
-                                   f"got {type(covariates).__name__}")
-    missing = [c for c in names if c not in covariates.columns]
-    if missing:
-        raise HarmonizerInputError(f"covariates lack column(s) {missing} named in keep_covariates; "
-                                   f"columns are {list(covariates.columns)}")
-    if len(covariates) != n_scans:
-        raise HarmonizerInputError(f"covariates have {len(covariates)} rows for {n_scans} scans")
-    values = covariates[names].to_numpy(dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise HarmonizerInputError(f"covariates {names} hold missing or infinite values")
-    return values
+    """(n_scans, p) float64 values of the kept covariate columns ``names``, checked."""
+    return covariate_columns(covariates, n_scans, names, "keep_covariates")
 
 
 def _plain(label):

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from surfharm.harmonize import _location_scale as ls
+from surfharm.harmonize._networks import check_weights, load_weights
 from surfharm.harmonize.base import Harmonizer, HarmonizerInputError, StateCheck, register, require_sites
 from surfharm.harmonize.cdae import _plain, check_maps, icosahedral_level, site_indices
 
@@ -230,13 +231,7 @@ class PairedUNet(Harmonizer):
         self.mean_, self.std_ = arrays["mean"], arrays["std"]
         self.mask_ = arrays["mask"].astype(bool)
         net = PairedNetworks(self.training_config(self.level_, len(self.sites_), self.n_channels_, self.reference_))
-        weights = {k[len("networks."):]: torch.from_numpy(v.copy()) for k, v in arrays.items()
-                   if k.startswith("networks.")}
-        missing, unexpected = net.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise KeyError(f"networks weights {sorted(missing)[:3] or sorted(unexpected)[:3]} (shape or architecture "
-                           "differs from the parameters in the file)")
-        self.networks_ = net.to(self.device).eval()
+        self.networks_ = load_weights(net, arrays, "networks").to(self.device).eval()
 
     def _check_state(self, check: StateCheck) -> None:
         shape = (len(self.sites_), self.n_channels_, self.n_features_in_)
@@ -246,9 +241,7 @@ class PairedUNet(Harmonizer):
         where = np.broadcast_to(self.mask_, shape)
         check.finite("mean", self.mean_, where)
         check.finite("std", self.std_, where, positive=True)
-        for key, value in self.networks_.state_dict().items():
-            if value.is_floating_point():
-                check.finite(f"networks.{key}", value.detach().float().cpu().numpy())
+        check_weights(check, self.networks_, "networks")
 
 
 def find_pairs(index: np.ndarray, subjects: np.ndarray, reference: int) -> tuple[np.ndarray, np.ndarray]:

@@ -52,6 +52,7 @@ import torch
 
 from spherical_ops import VERTEX_COUNTS, level_of
 from surfharm.harmonize import _location_scale as ls
+from surfharm.harmonize._networks import check_weights, covariate_columns, load_weights
 from surfharm.harmonize.base import Harmonizer, HarmonizerInputError, StateCheck, check_data, register, require_sites
 from surfharm.models import LossWeights, SphericalGenerator, masked_pearson
 
@@ -306,20 +307,7 @@ class S2SGAN(Harmonizer):
         return ((values - self.cond_mean_) / self.cond_std_).astype(np.float32)
 
     def _condition_values(self, covariates, n_scans: int, names=None, option: str = "condition_on") -> np.ndarray:
-        names = list(self.condition_on if names is None else names)
-        if not isinstance(covariates, pd.DataFrame):
-            raise HarmonizerInputError(f"{option}={names} needs covariates as a DataFrame with those columns, "
-                                       f"got {type(covariates).__name__}")
-        missing = [c for c in names if c not in covariates.columns]
-        if missing:
-            raise HarmonizerInputError(f"covariates lack column(s) {missing} named in {option}; "
-                                       f"columns are {list(covariates.columns)}")
-        if len(covariates) != n_scans:
-            raise HarmonizerInputError(f"covariates have {len(covariates)} rows for {n_scans} scans")
-        values = covariates[names].to_numpy(dtype=np.float64)
-        if not np.isfinite(values).all():
-            raise HarmonizerInputError(f"covariates {names} hold missing or infinite values")
-        return values
+        return covariate_columns(covariates, n_scans, self.condition_on if names is None else names, option)
 
     def _split(self, rows):
         frac = float(self.validation_fraction)
@@ -492,13 +480,7 @@ class S2SGAN(Harmonizer):
         for name in ("generator_xy", "generator_yx"):
             net = SphericalGenerator(1, self.level_, cond_channels=config.cond_channels, depth=config.depth,
                                      base_channels=config.base_channels, residual=config.residual)
-            weights = {k[len(name) + 1:]: torch.from_numpy(v.copy()) for k, v in arrays.items()
-                       if k.startswith(name + ".")}
-            missing, unexpected = net.load_state_dict(weights, strict=False)
-            if missing or unexpected:
-                raise KeyError(f"{name} weights {sorted(missing)[:3] or sorted(unexpected)[:3]} (shape or "
-                               f"architecture differs from the parameters in the file)")
-            setattr(self, f"{name}_", net.to(self.device).eval())
+            setattr(self, f"{name}_", load_weights(net, arrays, name).to(self.device).eval())
 
     def _check_state(self, check: StateCheck) -> None:
         shape = (2, self.n_features_in_)
@@ -508,9 +490,7 @@ class S2SGAN(Harmonizer):
         check.finite("mean", self.mean_, self.mask_)
         check.finite("std", self.std_, self.mask_, positive=True)
         for network in ("generator_xy", "generator_yx"):
-            for key, value in getattr(self, network + "_").state_dict().items():
-                if value.is_floating_point():
-                    check.finite(f"{network}.{key}", value.detach().float().cpu().numpy())
+            check_weights(check, getattr(self, network + "_"), network)
         if self.output_mean_ is not None:
             check.finite("output_mean", self.output_mean_, np.broadcast_to(self.mask_, shape))
             check.finite("output_std", self.output_std_, np.broadcast_to(self.mask_, shape), positive=True)

@@ -136,6 +136,8 @@ class Harmonizer(TransformerMixin, BaseEstimator):
     side_data: ClassVar[tuple[str, ...]] = ("covariates",)
     #: Side data without which ``fit`` cannot work (e.g. ``("subjects",)``); ``sites`` always is.
     required_side_data: ClassVar[tuple[str, ...]] = ()
+    #: Keyword options of ``fit`` that are not per-scan data (e.g. RAVEL's ``control_mask``); never routed.
+    fit_options: ClassVar[tuple[str, ...]] = ()
     #: Whether ``fit`` needs sites (False for per-scan intensity methods, which learn no site effect).
     requires_sites: ClassVar[bool] = True
     #: Model file container: ".npz" (arrays + JSON) or ".safetensors" (networks).

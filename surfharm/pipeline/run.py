@@ -218,12 +218,10 @@ def volume_side_data(harmonizer, volumes, keep) -> dict:
 def fit_volumes(harmonizer, volumes, keep, *, control_mask=None) -> dict:
     """Fit a volumetric ``harmonizer`` on the scans of ``volumes`` (a :class:`~surfharm.pipeline.inputs.VolumeSet`);
     returns the side data to transform them with."""
-    import inspect
-
     side = volume_side_data(harmonizer, volumes, keep)
     extra = {}
     if control_mask is not None:
-        if "control_mask" not in inspect.signature(harmonizer.fit).parameters:
+        if "control_mask" not in harmonizer.fit_options:
             raise SourceError(f"--control-mask is a RAVEL option; {harmonizer.registry_name} takes none")
         extra["control_mask"] = str(control_mask)
     harmonizer.fit(volumes.images, sites=volumes.sites, **side, **extra)

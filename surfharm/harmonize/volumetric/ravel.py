@@ -69,6 +69,7 @@ class RAVEL(VolumeHarmonizer):
     side_data = ("covariates", "masks")
     requires_sites = False
     fitted_attribute = "gamma_"
+    fit_options = ("control_mask",)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from surfharm.harmonize import _design, _eb
+from surfharm.harmonize._tiles import _check_matrix, _feature_blocks, _row_blocks
 from surfharm.harmonize.base import HarmonizerInputError, check_n_features, require_sites
 
 PRIOR_CHOICES = ("own", "training")
@@ -56,9 +57,11 @@ def site_label(model_sites, label):
     return str(label)
 
 
-def adapt_combat(model, X, sites, covariates, *, replace: bool = False, priors: str = "own") -> list:
-    """Estimate the new sites of ``X`` for a fitted :class:`~surfharm.harmonize.ComBat`; returns their labels."""
-    from surfharm.harmonize.combat import ComBat, _check_matrix, _feature_blocks, _row_blocks
+def adapt_combat(model, X, sites, covariates, *, replace: bool = False, priors: str = "own", site_model) -> list:
+    """Estimate the new sites of ``X`` for a fitted :class:`~surfharm.harmonize.ComBat`; returns their labels.
+
+    ``site_model``: the ComBat class, whose per-site estimation and shrinkage are run on the new sites.
+    """
 
     model.check_is_fitted()
     if priors not in PRIOR_CHOICES:
@@ -103,7 +106,7 @@ def adapt_combat(model, X, sites, covariates, *, replace: bool = False, priors: 
         raise HarmonizerInputError(f"site(s) {short} have no feature observed in {needed} scan(s): nothing to estimate")
 
     # The new sites' estimates and shrinkage: ComBat's own per-site code, on a model of the new sites only.
-    part = ComBat(eb=model.eb, parametric=model.parametric, mean_only=model.mean_only)
+    part = site_model(eb=model.eb, parametric=model.parametric, mean_only=model.mean_only)
     part.unchanged_ = model.unchanged_
     part.reference_index_ = None
     if priors == "own" or not model.eb:

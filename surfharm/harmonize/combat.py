@@ -30,24 +30,26 @@ from typing import Any
 
 import numpy as np
 
-from surfharm.harmonize import _design, _eb, _np_eb
+from surfharm.harmonize import _adapt, _design, _eb, _np_eb
+from surfharm.harmonize._tiles import (
+    _check_matrix,
+    _chunks,
+    _feature_blocks,
+    _refuse_inf,
+    _row_blocks,
+)
 from surfharm.harmonize.base import (
     Harmonizer,
     HarmonizerInputError,
     StateCheck,
-    check_matrix_shape,
     check_n_features,
-    check_not_empty,
     register,
     require_sites,
 )
 
-#: Bytes of float64 working memory per tile of scans x features (each pass holds a few such tiles).
-CHUNK_BYTES = 2**20
-#: Features per block: every per-feature statistic is computed one block at a time.
-FEATURE_BLOCK = 16384
 #: Up to this many features, non-parametric EB sums over every pair directly (cheap enough).
 DIRECT_NONPARAMETRIC_MAX = 8192
+
 
 
 @register("combat")
@@ -297,9 +299,7 @@ class ComBat(Harmonizer):
         per new site (1 with ``mean_only``); a site already in the model is refused unless ``replace``.
         The adapted sites are listed in ``adapted_sites_`` and saved with the model.
         """
-        from surfharm.harmonize import _adapt
-
-        _adapt.adapt_combat(self, X, sites, covariates, replace=replace, priors=priors)
+        _adapt.adapt_combat(self, X, sites, covariates, replace=replace, priors=priors, site_model=ComBat)
         return self
 
     # -- transform ---------------------------------------------------------------------------------
@@ -411,24 +411,6 @@ class ComBat(Harmonizer):
 
 # -- helpers shared by the passes over the data -------------------------------------------------------
 
-def _feature_blocks(n_features: int):
-    """Consecutive slices of at most FEATURE_BLOCK features covering ``range(n_features)``."""
-    for start in range(0, n_features, FEATURE_BLOCK):
-        yield slice(start, min(start + FEATURE_BLOCK, n_features))
-
-
-def _row_blocks(X, block: slice):
-    """Yield ``(row slice, float64 copy of X[rows, block])`` over all scans, about CHUNK_BYTES per tile.
-
-    The copy is the caller's to modify; a memory map is read one tile at a time.
-    """
-    n_scans = X.shape[0]
-    step = max(1, CHUNK_BYTES // (8 * max(block.stop - block.start, 1)))
-    for start in range(0, n_scans, step):
-        rows = slice(start, min(start + step, n_scans))
-        yield rows, np.array(X[rows, block], dtype=np.float64, copy=True)
-
-
 class _BlockCounts:
     """What the first read of a block of B features tells.
 
@@ -440,14 +422,6 @@ class _BlockCounts:
 
     def __init__(self, n_site, dtx, partial, missing_gram):
         self.n_site, self.dtx, self.partial, self.missing_gram = n_site, dtx, partial, missing_gram
-
-
-def _refuse_inf(tile: np.ndarray, rows: slice, block: slice) -> None:
-    """Refuse inf in a tile of X (NaN marks missing values; a finite sum means neither is there)."""
-    if not np.isfinite(tile.sum()) and np.isinf(tile).any():
-        r, c = np.nonzero(np.isinf(tile))
-        raise HarmonizerInputError(
-            f"X holds inf at scan {rows.start + r[0]}, feature {block.start + c[0]}; use NaN for missing values")
 
 
 def _normal_equations(X, block: slice, site_design: np.ndarray, design: np.ndarray | None) -> _BlockCounts:
@@ -522,29 +496,3 @@ def _constant_features(X, var_all, mean, start: int = 0) -> np.ndarray:
             high = np.fmax(high, np.fmax.reduce(chunk, axis=0))
         constant[candidates] = high == low
     return constant
-
-
-def _chunks(X, scans=None, columns=None, copy=True):
-    """Yield ``(scan indices, float64 block of those rows)``, about CHUNK_BYTES per block.
-
-    ``scans``: the scans to visit (default all, in order); ``columns``: only these features.
-    With ``copy`` (default) each block is a fresh array the caller may modify in place; without,
-    it may be a read-only view of X.
-    """
-    n_scans, n_features = X.shape
-    width = n_features if columns is None else len(columns)
-    step = max(1, CHUNK_BYTES // (8 * max(width, 1)))
-    order = np.arange(n_scans) if scans is None else np.asarray(scans)
-    for start in range(0, order.size, step):
-        rows = order[start:start + step]
-        contiguous = rows[-1] - rows[0] == rows.size - 1
-        block = X[rows[0]:rows[-1] + 1] if contiguous else X[rows]
-        if columns is not None:
-            block = block[:, columns]
-        yield rows, (np.array(block, dtype=np.float64, copy=True) if copy
-                     else np.asarray(block, dtype=np.float64))
-
-
-def _check_matrix(X):
-    """A 2-D numeric array (a np.memmap stays a memmap: nothing is loaded here)."""
-    return check_not_empty(check_matrix_shape(X, allow_bool=False))

@@ -38,7 +38,8 @@ import numpy as np
 
 from surfharm.harmonize import _design
 from surfharm.harmonize.base import HarmonizerInputError, StateCheck, register
-from surfharm.harmonize.combat import FEATURE_BLOCK, ComBat, _check_matrix, _row_blocks
+from surfharm.harmonize._tiles import FEATURE_BLOCK, _check_matrix, _row_blocks
+from surfharm.harmonize.combat import ComBat
 
 #: Bytes of float64 per (n_scans x features) block of standardised residuals.
 BLOCK_BYTES = 2**25

@@ -41,15 +41,8 @@ import pandas as pd
 
 from surfharm.harmonize import _design, _mixed
 from surfharm.harmonize.base import Harmonizer, HarmonizerInputError, register
-from surfharm.harmonize.combat import (
-    ComBat,
-    _check_matrix,
-    _chunks,
-    _constant_features,
-    _feature_blocks,
-    _normal_equations,
-    _row_blocks,
-)
+from surfharm.harmonize._tiles import _check_matrix, _chunks, _feature_blocks, _row_blocks
+from surfharm.harmonize.combat import ComBat, _constant_features, _normal_equations
 
 LOG10_LAMBDA_GRID = np.arange(-5.0, 5.0 + 1e-9, 0.05)
 #: Subjects x features per block of the random-slope EM (its arrays have this many float64 values).

@@ -89,7 +89,7 @@ def test_loading_another_model_class_is_refused(tmp_path):
 
 
 def test_streamed_fit_over_a_memmap_equals_the_in_memory_fit(tmp_path, monkeypatch):
-    import surfharm.harmonize.combat as combat_module
+    import surfharm.harmonize._tiles as tiles
 
     X, sites, cov = _cohort(n_features=50)
     X[5, 3] = np.nan
@@ -99,7 +99,7 @@ def test_streamed_fit_over_a_memmap_equals_the_in_memory_fit(tmp_path, monkeypat
     mm.flush()
     in_memory = ComBat().fit(X.astype(np.float32), sites=sites, covariates=cov)
     # blocks of 7 scans: many chunks, sites straddling chunk borders
-    monkeypatch.setattr(combat_module, "CHUNK_BYTES", 8 * 50 * 7)
+    monkeypatch.setattr(tiles, "CHUNK_BYTES", 8 * 50 * 7)
     streamed = ComBat().fit(np.memmap(path, dtype=np.float32, mode="r", shape=X.shape), sites=sites, covariates=cov)
     for name in ("gamma_star_", "delta_star_", "var_pooled_", "grand_mean_", "covariate_coef_"):
         assert np.allclose(getattr(streamed, name), getattr(in_memory, name), rtol=1e-12, atol=1e-12), name
@@ -110,7 +110,7 @@ def test_streamed_fit_over_a_memmap_equals_the_in_memory_fit(tmp_path, monkeypat
 
 
 def test_feature_blocks_and_tiles_give_the_one_block_result(monkeypatch):
-    import surfharm.harmonize.combat as combat_module
+    import surfharm.harmonize._tiles as tiles
 
     X, sites, cov = _cohort(n_features=50)
     X[5, 3] = X[7, 30] = X[8, 31] = np.nan     # missing values in several feature blocks
@@ -119,8 +119,8 @@ def test_feature_blocks_and_tiles_give_the_one_block_result(monkeypatch):
     whole = ComBat(reference_site="s2").fit(X, sites=sites, covariates=cov)
     expected = whole.transform(X, sites=sites, covariates=cov)
     # blocks of 8 features read in tiles of 3 scans: borders everywhere
-    monkeypatch.setattr(combat_module, "FEATURE_BLOCK", 8)
-    monkeypatch.setattr(combat_module, "CHUNK_BYTES", 8 * 8 * 3)
+    monkeypatch.setattr(tiles, "FEATURE_BLOCK", 8)
+    monkeypatch.setattr(tiles, "CHUNK_BYTES", 8 * 8 * 3)
     blocked = ComBat(reference_site="s2").fit(X, sites=sites, covariates=cov)
     for name in ("gamma_star_", "delta_star_", "gamma_hat_", "delta_hat_", "var_pooled_", "grand_mean_",
                  "covariate_coef_", "unchanged_"):

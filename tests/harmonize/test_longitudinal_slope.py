@@ -133,7 +133,7 @@ def test_removes_site_effects_and_keeps_subject_slopes_better_than_the_intercept
 
 
 def test_transform_reproduces_fit_transform_and_save_load_round_trip(tmp_path, monkeypatch):
-    import surfharm.harmonize.combat as combat_module
+    import surfharm.harmonize._tiles as tiles
 
     X, _, sites, cov, subjects, _, _ = _cohort(n_features=10)
     X[:, 4] = np.nan          # medial wall: returned as NaN
@@ -145,7 +145,7 @@ def test_transform_reproduces_fit_transform_and_save_load_round_trip(tmp_path, m
     assert np.isnan(out[:, 4]).all() and np.array_equal(out[:, 7], X[:, 7])
     # in place (e.g. a writable memory map), in blocks of 3 features: each block's subject lines are
     # predicted before the block is overwritten
-    monkeypatch.setattr(combat_module, "FEATURE_BLOCK", 3)
+    monkeypatch.setattr(tiles, "FEATURE_BLOCK", 3)
     in_place = X.copy()
     assert model.transform(in_place, sites=sites, covariates=cov, subjects=subjects, out=in_place) is in_place
     assert np.allclose(in_place, out, rtol=0, atol=1e-12, equal_nan=True)

@@ -136,6 +136,12 @@ class Harmonizer(TransformerMixin, BaseEstimator):
     side_data: ClassVar[tuple[str, ...]] = ("covariates",)
     #: Side data without which ``fit`` cannot work (e.g. ``("subjects",)``); ``sites`` always is.
     required_side_data: ClassVar[tuple[str, ...]] = ()
+    #: Whether scans may miss some values of a feature (NaN); False: only features missing in every scan
+    #: (a medial wall) are allowed, a partly missing one is refused. Read into scikit-learn's tags.
+    allows_partial_nan: ClassVar[bool] = True
+    #: Parameters about how a model is trained or run (checkpoints, progress, device), not about the
+    #: model: left out of the model file, so a loaded model takes the defaults (e.g. the CPU).
+    run_options: ClassVar[tuple[str, ...]] = ()
     #: Keyword options of ``fit`` that are not per-scan data (e.g. RAVEL's ``control_mask``); never routed.
     fit_options: ClassVar[tuple[str, ...]] = ()
     #: Whether ``fit`` needs sites (False for per-scan intensity methods, which learn no site effect).
@@ -196,7 +202,7 @@ class Harmonizer(TransformerMixin, BaseEstimator):
     # -- scikit-learn -----------------------------------------------------------------------------
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
+        tags.input_tags.allow_nan = self.allows_partial_nan
         tags.requires_fit = True
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
@@ -225,7 +231,7 @@ class Harmonizer(TransformerMixin, BaseEstimator):
     def _file_params(self) -> dict[str, Any]:
         """The hyperparameters as stored in the model file (JSON: tuples become lists)."""
         params = self.get_params(deep=False)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items() if k not in self.run_options}
 
     def save(self, path) -> Path:
         """Write the fitted model to ``path`` (``.npz`` or ``.safetensors`` with JSON; no pickle), atomically."""

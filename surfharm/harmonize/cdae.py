@@ -92,6 +92,7 @@ class CDAE(Harmonizer):
     """
 
     model_suffix = ".safetensors"
+    run_options = ("checkpoint_dir", "resume", "progress", "device")
     fitted_attribute = "model_"
 
     def __init__(self, *, reference_site=None, keep_covariates: tuple = (), base_channels: int = 32,
@@ -292,12 +293,6 @@ class CDAE(Harmonizer):
                                        f"{self.n_channels_}")
 
     # -- model file ------------------------------------------------------------------------------------
-    def _file_params(self) -> dict:
-        params = super()._file_params()
-        for name in ("checkpoint_dir", "resume", "progress", "device"):
-            params.pop(name)
-        return params
-
     def _get_state(self):
         import surfharm
 

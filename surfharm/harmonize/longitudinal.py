@@ -80,10 +80,7 @@ class LongComBat(ComBat):
     supports_adapt = False
     adapt = Harmonizer.adapt
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False   # features missing in some scans only are refused (all-NaN ones pass)
-        return tags
+    allows_partial_nan = False
 
     def fit(self, X, y=None, *, sites=None, covariates=None, subjects=None) -> "LongComBat":
         """Learn the mixed model and the site effects; ``subjects``: (n_scans,) one label per scan. Returns self."""

@@ -63,6 +63,7 @@ class PairedUNet(Harmonizer):
     side_data = ("subjects",)
     required_side_data = ("subjects",)
     model_suffix = ".safetensors"
+    run_options = ("checkpoint_dir", "resume", "progress", "device")
     fitted_attribute = "networks_"
 
     def __init__(self, *, reference_site=None, depth: int = 4, base_channels: int = 16,
@@ -200,12 +201,6 @@ class PairedUNet(Harmonizer):
         return out[:, 0] if ndim == 2 else out
 
     # -- model file ------------------------------------------------------------------------------------
-    def _file_params(self) -> dict:
-        params = super()._file_params()
-        for name in ("checkpoint_dir", "resume", "progress", "device"):
-            params.pop(name)
-        return params
-
     def _get_state(self):
         import surfharm
 

@@ -98,10 +98,7 @@ class RELIEF(Harmonizer):
         self.scale_features = scale_features
         self.min_site_scans = min_site_scans
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False      # only features NaN in every scan (medial wall) are allowed
-        return tags
+    allows_partial_nan = False
 
     # -- fit ---------------------------------------------------------------------------------------
     def fit(self, X, y=None, *, sites=None, covariates=None) -> "RELIEF":

@@ -174,6 +174,9 @@ class S2SGAN(Harmonizer):
                               weights=weights, seed=int(self.seed))
 
     model_suffix = ".safetensors"
+    # Where a model was trained and how its training was checkpointed do not belong to the model:
+    # a loaded model runs on the CPU unless load(..., device="cuda") says otherwise.
+    run_options = ("checkpoint_dir", "resume", "progress", "device")
     fitted_attribute = "generator_xy_"
 
     def fit(self, X, y=None, *, sites=None, covariates=None) -> "S2SGAN":
@@ -434,14 +437,6 @@ class S2SGAN(Harmonizer):
             return generator(torch.from_numpy(z)[:, None].to(device), c)[:, 0].float().cpu().numpy()
 
     # -- model file ------------------------------------------------------------------------------------
-    def _file_params(self) -> dict:
-        # Where a model was trained and how its training was checkpointed do not belong to the model:
-        # a loaded model runs on the CPU unless load(..., device="cuda") says otherwise.
-        params = super()._file_params()
-        for name in ("checkpoint_dir", "resume", "progress", "device"):
-            params.pop(name)
-        return params
-
     def _get_state(self):
         import surfharm
 

@@ -125,10 +125,7 @@ class SAN(Harmonizer):
         self.exact_max_vertices = exact_max_vertices
         self.max_pair_mm = max_pair_mm
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False      # only vertices NaN in every scan (medial wall) are allowed
-        return tags
+    allows_partial_nan = False
 
     # -- geometry -----------------------------------------------------------------------------------
     def _user_distances(self, n_features: int):

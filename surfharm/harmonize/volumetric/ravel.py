@@ -71,10 +71,7 @@ class RAVEL(VolumeHarmonizer):
     fitted_attribute = "gamma_"
     fit_options = ("control_mask",)
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False   # every analysis-mask voxel in every scan (a missing one is refused)
-        return tags
+    allows_partial_nan = False
 
     def __init__(self, *, n_factors: int = 1, normalize: str | None = "white-stripe",
                  control_quantile: float = 0.1, chunk_size: int = DEFAULT_CHUNK) -> None:

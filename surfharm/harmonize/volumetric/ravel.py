@@ -25,9 +25,11 @@ from surfharm.harmonize.volumetric.voxelwise import (
     analysis_mask,
     check_analysis_mask,
     chunks,
+    grid_state,
     prenormalizer,
-    voxel_matrix,
+    set_grid_state,
     volumes_from_matrix,
+    voxel_matrix,
 )
 from surfharm.io.nifti import VolumeInputError, load_mask
 
@@ -182,11 +184,7 @@ class RAVEL(VolumeHarmonizer):
         arrays = {**arrays, "gamma": self.gamma_, "control_columns": self.control_columns_,
                   "control_mean": self.control_mean_, "control_loadings": self.control_loadings_,
                   "factors": self.factors_, "singular_values": self.singular_values_}
-        if self.analysis_mask_ is not None:
-            arrays["analysis_mask"] = self.analysis_mask_
-            meta["grid_shape"] = list(self.grid_shape_)
-            if self.affine_ is not None:
-                arrays["affine"] = self.affine_
+        grid_state(self, arrays, meta)
         return arrays, meta
 
     def _set_state(self, arrays, meta) -> None:
@@ -197,9 +195,7 @@ class RAVEL(VolumeHarmonizer):
         self.control_loadings_ = arrays["control_loadings"]
         self.factors_ = arrays["factors"]
         self.singular_values_ = arrays["singular_values"]
-        self.analysis_mask_ = arrays["analysis_mask"].astype(bool) if "analysis_mask" in arrays else None
-        self.affine_ = arrays.get("affine")
-        self.grid_shape_ = tuple(meta["grid_shape"]) if "grid_shape" in meta else None
+        set_grid_state(self, arrays, meta)
 
     def _check_state(self, check: StateCheck) -> None:
         k, n_voxels = check.shape("gamma", self.gamma_, (None, None)).shape

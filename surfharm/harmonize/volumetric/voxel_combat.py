@@ -19,9 +19,11 @@ from surfharm.harmonize.volumetric.base import VolumeHarmonizer, as_scans
 from surfharm.harmonize.volumetric.voxelwise import (
     analysis_mask,
     check_analysis_mask,
+    grid_state,
     prenormalizer,
-    voxel_matrix,
+    set_grid_state,
     volumes_from_matrix,
+    voxel_matrix,
 )
 from surfharm.io.nifti import VolumeInputError
 
@@ -103,11 +105,7 @@ class VoxelComBat(VolumeHarmonizer):
         arrays.update({COMBAT_PREFIX + k: v for k, v in combat_arrays.items()})
         meta["combat"] = {"method": self.combat_.registry_name, "class": type(self.combat_).__name__,
                           "params": self.combat_._file_params(), **combat_meta}
-        if self.analysis_mask_ is not None:
-            arrays["analysis_mask"] = self.analysis_mask_
-            meta["grid_shape"] = list(self.grid_shape_)
-            if self.affine_ is not None:
-                arrays["affine"] = self.affine_
+        grid_state(self, arrays, meta)
         return arrays, meta
 
     def _set_state(self, arrays, meta) -> None:
@@ -117,9 +115,7 @@ class VoxelComBat(VolumeHarmonizer):
         self.combat_ = ComBat._from_file_params("the ComBat model inside this voxel-wise ComBat model",
                                                combat_meta.get("params", {}))
         self.combat_._set_state(combat_arrays, combat_meta)
-        self.analysis_mask_ = arrays["analysis_mask"].astype(bool) if "analysis_mask" in arrays else None
-        self.affine_ = arrays.get("affine")
-        self.grid_shape_ = tuple(meta["grid_shape"]) if "grid_shape" in meta else None
+        set_grid_state(self, arrays, meta)
 
     def _check_state(self, check: StateCheck) -> None:
         self.combat_._check_state(_PrefixedCheck(check.path, COMBAT_PREFIX))

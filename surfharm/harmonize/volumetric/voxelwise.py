@@ -136,6 +136,22 @@ def volumes_from_matrix(values: np.ndarray, scans: Scans, mask: np.ndarray,
         yield data
 
 
+def grid_state(model, arrays: dict, meta: dict) -> None:
+    """Add a voxel-wise model's grid (analysis mask, grid shape, affine) to its model-file state."""
+    if model.analysis_mask_ is not None:
+        arrays["analysis_mask"] = model.analysis_mask_
+        meta["grid_shape"] = list(model.grid_shape_)
+        if model.affine_ is not None:
+            arrays["affine"] = model.affine_
+
+
+def set_grid_state(model, arrays: dict, meta: dict) -> None:
+    """Restore what :func:`grid_state` stored (None for a model fitted on a matrix)."""
+    model.analysis_mask_ = arrays["analysis_mask"].astype(bool) if "analysis_mask" in arrays else None
+    model.affine_ = arrays.get("affine")
+    model.grid_shape_ = tuple(meta["grid_shape"]) if "grid_shape" in meta else None
+
+
 def check_analysis_mask(check: StateCheck, mask, grid_shape, n_voxels: int) -> None:
     """A loaded analysis mask lies on the stored grid and holds one voxel per model feature."""
     if mask is None:

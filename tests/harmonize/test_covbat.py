@@ -54,7 +54,7 @@ def reference_covbat(Y, sites, C=None, percent_var=0.95, n_pc=None, eb=True, sco
     _, z, stand_mean, var_pooled = reference_combat(Y, sites, C, eb=eb)
     center, scale = z.mean(axis=0), z.std(axis=0, ddof=1)
     U, sv, Vt = np.linalg.svd((z - center) / scale, full_matrices=False)
-    sign = np.sign(Vt[np.arange(len(sv)), np.argmax(np.abs(Vt), axis=1)])    # largest loading positive
+    sign = np.sign(U[np.argmax(np.abs(U), axis=0), np.arange(len(sv))])      # largest score positive
     U, Vt = U * sign, Vt * sign[:, None]
     scores = U * sv
     share = np.cumsum(sv**2) / np.sum(sv**2)
@@ -175,3 +175,33 @@ def test_bad_options_are_refused():
         CovBat(percent_var=1.5).fit(X, sites=sites)
     with pytest.raises(ValueError, match="n_components"):
         CovBat(n_components=500).fit(X, sites=sites)
+
+
+def test_every_computation_route_gives_one_result(monkeypatch):
+    """Grouped or interleaved sites, residuals kept or read twice, scores from ComBat's output or from
+    the scans: the same model and output (float64, 1e-10)."""
+    import surfharm.harmonize.covbat as covbat_module
+
+    X, sites, cov = _covariance_cohort(n_features=40)
+    expected = CovBat().fit_transform(X, sites=sites, covariates=cov)
+    order = np.random.default_rng(0).permutation(len(sites))            # sites interleaved
+    shuffled = CovBat().fit_transform(X[order], sites=sites[order], covariates=cov.iloc[order])
+    np.testing.assert_allclose(shuffled, expected[order], rtol=0, atol=1e-10)
+    monkeypatch.setattr(covbat_module, "KEEP_BYTES", 0)                 # a cohort too large to keep
+    np.testing.assert_allclose(CovBat().fit_transform(X, sites=sites, covariates=cov), expected, rtol=0, atol=1e-10)
+    model = CovBat().fit(X, sites=sites, covariates=cov)
+    codes = np.searchsorted(model.sites_, sites)
+    design = model.encoder_.transform(cov, len(sites))
+    from_output = model._scores_of_output(ComBat.transform(model, X, sites=sites, covariates=cov), design)
+    np.testing.assert_allclose(from_output, model._scores(X, codes, design), rtol=0, atol=1e-10)
+
+
+def test_float32_scans_agree_with_float64():
+    """float32 scans are harmonized in float32 arithmetic: within 1e-4 of the float64 result
+    (measured 2.8e-5 at 163842 vertices x 200 scans with corrections up to 1.3)."""
+    X, sites, cov = _covariance_cohort(n_features=300)
+    out64 = CovBat().fit_transform(X, sites=sites, covariates=cov)
+    out32 = CovBat().fit_transform(X.astype(np.float32), sites=sites, covariates=cov)
+    assert out32.dtype == np.float32
+    correction = np.abs(out64 - ComBat().fit_transform(X, sites=sites, covariates=cov)).max()
+    assert correction > 0.05 and np.abs(out32 - out64).max() < 1e-4

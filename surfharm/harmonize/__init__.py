@@ -12,6 +12,7 @@ from surfharm.harmonize.base import (
     get,
     load,
     register,
+    register_lazy,
     register_lazy_group,
     side_data_for,
 )
@@ -23,6 +24,7 @@ from surfharm.harmonize.relief import RELIEF  # noqa: E402,F401  (registers "rel
 from surfharm.harmonize.san import SAN  # noqa: E402,F401  (registers "san")
 from surfharm.harmonize.routing import routed_scorer  # noqa: E402
 
+register_lazy("mispel-sphere", "surfharm.harmonize.mispel_sphere")  # torch: imported on first use
 # The volumetric methods register themselves when their package is first imported.
 register_lazy_group("surfharm.harmonize.volumetric")
 

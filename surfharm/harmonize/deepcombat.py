@@ -20,7 +20,8 @@ Steps (fit), for an ROI table or (through the PCA front end below) vertex maps:
 The networks and both fitted ComBat/CovBat models are the model: ``transform`` of new scans (of the
 training sites) reuses every training estimate, and ``transform`` of the training scans repeats
 ``fit_transform`` exactly. Model file: one ``.safetensors`` file holding the network weights and the
-inner models' arrays (prefixed ``latent_model.``, ``residual_model.``, ``pca_residual_model.``), with
+inner models' arrays (prefixed ``latent_model.``, ``residual_model.``, ``pca_residual_model.``) and the
+sphere front end's weights (``sphere.``), with
 JSON metadata (sites, sizes, covariate coding, training history, the inner models' metadata).
 
 Missing values (NaN) count as the feature's training mean (0 after z-scoring) in the networks' inputs,
@@ -32,9 +33,18 @@ are projected on the first ``n_components`` (256) principal components of the tr
 (computed from their Gram matrix, one block of vertices at a time, as CovBat does); DeepComBat
 harmonizes the scores (scaled by one common factor, so that the reconstruction loss stays the squared
 error of the maps in z-units) and ComBat (``pca_residual_model_``) the part of each map outside the
-components; the output is the sum of both. A spherical encoder/decoder on :mod:`spherical_ops` is the
-other possible front end; it is not implemented, so the choice was not made by comparing the two:
-the PCA front end is the one that fits in memory at 163842 vertices with the published MLP unchanged.
+components; the output is the sum of both.
+
+The sphere front end (``front_end="sphere"``, maps on an icosphere in FreeSurfer order): a spherical
+convolutional autoencoder (:class:`surfharm.models.sphere_autoencoder.SphereAutoencoder`: 1-ring
+convolutions and mean pooling down to ``sphere_level`` (2) with ``sphere_channels`` (4) channels,
+4 x 162 = 648 features whatever the maps' level; transposed convolutions back), trained first, without
+the site, to reconstruct the z-scored maps (``sphere_epochs`` 20, Adam at ``sphere_lr`` 0.003). Its
+codes, scaled by one common factor, replace the PCA scores as the CVAE's input; the harmonized codes are
+decoded by its decoder, and the part of each map it does not reconstruct (``z - dec(enc(z))``, NaN kept)
+is harmonized by ComBat (``pca_residual_model_``) exactly as the PCA front end's remainder. A code of
+4 x 642 (level 3) reconstructs better, but the published MLP (latent 512, learning rate 0.01) diverged on
+it. The default stays PCA (``"auto"``); see the comparison below.
 What it gives was measured on the simulated ``adult`` cohort at level 5 (4 sites x 50 adults + 8
 traveling subjects, 232 scans x 10242 vertices, 5-fold cross-validation, one run of
 ``benchmarks/bench_deepcombat.py --part vertex``; CPU; age R² of the site-free truth 0.210; MAE of
@@ -49,14 +59,28 @@ ComBat                 0.497       0.204       0.069                 0.064      
 CovBat                 0.462       0.204       0.071                 0.066                0.8
 DeepComBat, K = n/2    0.428       0.209       0.081                 0.112                3.4
 DeepComBat, K = 32     0.459       0.174       0.075                 0.109                1.4
+DeepComBat, sphere     0.697       0.197       0.098                 0.092                190
 =====================  ==========  ==========  ====================  ===================  ======
+
+(The sphere row: a second run, ``--front-end both``, on a shared CPU under load, which also repeated the
+raw, ComBat and DeepComBat-PCA rows to three decimals; fit seconds of that run.) The sphere front end
+reconstructs held-out maps better (it leaves 0.387 of their z-scored variance, PCA with K = n/2 0.496;
+fit on 4/5 of the study scans), but DeepComBat on its 648-feature code under-corrects (AUROC 0.70, kBET
+rejection 0.44 against ComBat's 0.02) and its traveling subjects agree less (0.098 mm): with 185 training
+scans the CVAE on the code does not reach the site effect that the PCA scores expose, and the remainder's
+ComBat cannot remove what the decoder puts back. One fit on the 232 scans, idle CPU, one thread, in a
+fresh process: 38.5 s and 238 MB peak memory growth (PCA front end: 1.3 s, 109 MB). Its memory grows with
+the vertices only through a batch's activations (16 scans of 8-32 channels): two training steps and the
+encoding/decoding of 32 scans grow the peak by 452 MB at level 6 and 1.1 GB at level 7 (163842
+vertices), so it fits there, as the PCA front end does (its K x V components: 120 MB at K = 92).
 
 It is *not* as good as ComBat on vertex maps: it keeps the age effect best (0.209 of the truth's
 0.210) but over-corrects the site (AUROC 0.43: held-out scans are marked by the estimation error of
 the latent model) and its traveling subjects agree less (0.081 mm against 0.069). Decoding with the
 reference site's code maps every scan to that site's appearance, hence the larger distance to the
 site-free truth. With 32 components the age effect is lost (0.174). Prefer ComBat or CovBat for vertex
-maps; the front end is there so that DeepComBat can be run and compared at that scale.
+maps; of the two front ends PCA is the default (better site removal and traveling-subject agreement, 30
+times faster); both are there so that DeepComBat can be run and compared at that scale.
 """
 from __future__ import annotations
 
@@ -84,7 +108,9 @@ MAX_DIRECT_FEATURES = 1024
 #: Bytes of float64 per (n_scans x vertices) block in the PCA front end.
 _BLOCK_BYTES = 2**25
 _RESIDUAL_METHODS = {"combat": ComBat, "covbat": CovBat}
-_FRONT_ENDS = ("auto", "none", "pca")
+_FRONT_ENDS = ("auto", "none", "pca", "sphere")
+#: Scans per batch when the sphere front end trains and is applied.
+_SPHERE_BATCH = 16
 
 
 @register("deepcombat")
@@ -109,10 +135,15 @@ class DeepComBat(Harmonizer):
         Empirical Bayes in the latent and residual ComBat models (default True).
     reference_site : site label, optional
         Whose code decodes the harmonized latent means; default the first site in sorted order.
-    front_end : "auto", "none" or "pca"
-        "pca" projects on principal components first (vertex maps); "auto" does so beyond 1024 features.
+    front_end : "auto", "none", "pca" or "sphere"
+        "pca" projects on principal components first (vertex maps); "auto" does so beyond 1024 features;
+        "sphere" encodes the maps with a spherical convolutional autoencoder first (maps on an icosphere).
     n_components : int
         Principal components of the PCA front end (at most the training scans' rank).
+    sphere_level, sphere_channels : int
+        Level and channels of the sphere front end's code (2, 4: 4 x 162 = 648 features).
+    sphere_epochs, sphere_lr : int, float
+        Training of the sphere front end (20 epochs of Adam at 0.003, batches of 16 scans).
     seed : int
         Seeds the initialisation, the batches and the posterior draws (deterministic on CPU).
     device : str
@@ -127,7 +158,10 @@ class DeepComBat(Harmonizer):
     network_ : the trained :class:`~surfharm.models.cvae.ConditionalVAE`;  history_ : per-epoch losses
     latent_model_ : ComBat on the latent means;  residual_model_ : ComBat or CovBat on the residuals
     components_ : (K, G) PCA axes (K = 0 without the front end);  score_scale_ : scale of the scores
-    pca_residual_model_ : ComBat on the part of the maps outside the components (None without)
+    sphere_network_ : the trained :class:`~surfharm.models.sphere_autoencoder.SphereAutoencoder` (None
+    without);  sphere_history_ : its per-epoch reconstruction error
+    pca_residual_model_ : ComBat on the part of the maps the front end does not keep (the name is the PCA
+    front end's; the sphere front end's remainder goes there too; None without a front end)
     """
 
     model_suffix = ".safetensors"
@@ -137,7 +171,8 @@ class DeepComBat(Harmonizer):
                  anneal_epochs: int = 30, cycle_epochs: int = 10, ramp_epochs: int = 5, final_epochs: int = 5,
                  kl_weight: float = 1.0, final_kl_weight: float = 0.1, lr: float = 0.01, batch_size: int = 64,
                  residual_method: str = "combat", eb: bool = True, reference_site=None, front_end: str = "auto",
-                 n_components: int = 256, seed: int = 0, device: str = "cpu", progress: bool = False):
+                 n_components: int = 256, sphere_level: int = 2, sphere_channels: int = 4, sphere_epochs: int = 20,
+                 sphere_lr: float = 0.003, seed: int = 0, device: str = "cpu", progress: bool = False):
         self.latent_dim = latent_dim
         self.n_hidden = n_hidden
         self.ae_epochs = ae_epochs
@@ -154,6 +189,10 @@ class DeepComBat(Harmonizer):
         self.reference_site = reference_site
         self.front_end = front_end
         self.n_components = n_components
+        self.sphere_level = sphere_level
+        self.sphere_channels = sphere_channels
+        self.sphere_epochs = sphere_epochs
+        self.sphere_lr = sphere_lr
         self.seed = seed
         self.device = device
         self.progress = progress
@@ -200,11 +239,13 @@ class DeepComBat(Harmonizer):
 
         self._fit_standardisation(X)
         use_pca = self.front_end == "pca" or (self.front_end == "auto" and n_features > MAX_DIRECT_FEATURES)
+        self.components_ = np.zeros((0, n_features))
+        self.score_scale_ = np.ones(1)
+        self.sphere_network_, self.sphere_history_ = None, []
         if use_pca:
             self._fit_components(X)
-        else:
-            self.components_ = np.zeros((0, n_features))
-            self.score_scale_ = np.ones(1)
+        elif self.front_end == "sphere":
+            self._fit_sphere(X)
         F, pca_residual = self._network_input(X)
         C = self._covariate_input(covariates, n_scans)
         S = _design.one_hot(codes, len(self.sites_))
@@ -225,7 +266,7 @@ class DeepComBat(Harmonizer):
             raise HarmonizerInputError(f"residual_method must be 'combat' or 'covbat', got {self.residual_method!r}")
         if self.front_end not in _FRONT_ENDS:
             raise HarmonizerInputError(f"front_end must be one of {_FRONT_ENDS}, got {self.front_end!r}")
-        for name in ("n_hidden", "batch_size", "n_components"):
+        for name in ("n_hidden", "batch_size", "n_components", "sphere_channels", "sphere_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise HarmonizerInputError(f"{name} must be a positive int, got {value!r}")
@@ -237,6 +278,11 @@ class DeepComBat(Harmonizer):
             raise HarmonizerInputError("the schedule has no epoch: give ae_epochs, anneal_epochs or final_epochs > 0")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise HarmonizerInputError(f"lr must be a positive number, got {self.lr!r}")
+        if isinstance(self.sphere_level, bool) or not isinstance(self.sphere_level, (int, np.integer)) \
+                or self.sphere_level < 0:
+            raise HarmonizerInputError(f"sphere_level must be an int >= 0, got {self.sphere_level!r}")
+        if not (isinstance(self.sphere_lr, (int, float)) and self.sphere_lr > 0 and math.isfinite(self.sphere_lr)):
+            raise HarmonizerInputError(f"sphere_lr must be a positive number, got {self.sphere_lr!r}")
         if self.latent_dim is not None and (not isinstance(self.latent_dim, (int, np.integer)) or self.latent_dim < 2):
             raise HarmonizerInputError(f"latent_dim must be an int >= 2 or None, got {self.latent_dim!r}")
 
@@ -292,9 +338,57 @@ class DeepComBat(Harmonizer):
             scores += np.nan_to_num(self._z(X, block)) @ self.components_[:, block].T
         self.score_scale_ = np.array([max(float(np.sqrt(np.mean(scores * scores))), 1e-12)])
 
+    def _fit_sphere(self, X) -> None:
+        """Train the sphere front end on the z-scored training maps and set ``score_scale_`` (RMS of the codes)."""
+        from surfharm.models.sphere_autoencoder import SphereAutoencoder, map_level, train_autoencoder
+
+        try:
+            level = map_level(X.shape[1])
+        except ValueError as err:
+            raise HarmonizerInputError(f"front_end='sphere' needs vertex maps on an icosphere (10 * 4**level + 2 "
+                                       f"vertices, FreeSurfer order); got {X.shape[1]} features: {err}") from None
+        if self.sphere_level > level:
+            raise HarmonizerInputError(f"sphere_level {self.sphere_level} is finer than the maps' level {level}")
+        device = self._torch_device()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.seed))
+            network = SphereAutoencoder(level, bottleneck_level=int(self.sphere_level),
+                                        code_channels=int(self.sphere_channels))
+        Z = self._z(X, slice(0, X.shape[1]))
+        self.sphere_history_ = train_autoencoder(network, Z, epochs=int(self.sphere_epochs), lr=float(self.sphere_lr),
+                                                 batch_size=_SPHERE_BATCH, seed=int(self.seed), device=device,
+                                                 progress=bool(self.progress))
+        self.sphere_network_ = network
+        codes = self._sphere_apply("encode", np.nan_to_num(Z))
+        self.score_scale_ = np.array([max(float(np.sqrt(np.mean(codes * codes))), 1e-12)])
+
+    def _sphere_apply(self, method: str, A: np.ndarray) -> np.ndarray:
+        """``sphere_network_.encode`` or ``.decode`` over the rows of ``A``, in batches, float64."""
+        from surfharm.models.sphere_autoencoder import apply_in_batches
+
+        return apply_in_batches(getattr(self.sphere_network_, method), A, _SPHERE_BATCH)
+
+    def _torch_device(self) -> torch.device:
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise HarmonizerInputError(f"device {self.device!r} asked for but CUDA is not available; use device='cpu'")
+        return device
+
     def _network_input(self, X) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(F, R)``: what the network harmonizes (z-scores, or scaled PCA scores) and, with the PCA
-        front end, the z-scored maps' part outside the components (NaN kept), else None."""
+        """``(F, R)``: what the network harmonizes (z-scores, or scaled PCA scores or sphere codes) and,
+        with a front end, the z-scored maps' part it does not keep (NaN kept), else None."""
+        if self.sphere_network_ is not None:
+            # The remainder the autoencoder does not reconstruct, as the PCA front end's part outside
+            # its components: ComBat harmonizes it (pca_residual_model_).
+            dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+            codes = np.zeros((X.shape[0], self.sphere_network_.code_size))
+            residual = np.empty(X.shape, dtype=dtype)
+            for start in range(0, X.shape[0], _SPHERE_BATCH):
+                rows = slice(start, min(start + _SPHERE_BATCH, X.shape[0]))
+                Z = self._z(X[rows], slice(0, X.shape[1]))
+                codes[rows] = self._sphere_apply("encode", np.nan_to_num(Z))
+                residual[rows] = Z - self._sphere_apply("decode", codes[rows])
+            return codes / self.score_scale_[0], residual
         if not self.components_.shape[0]:
             return self._z(X, slice(0, X.shape[1])), None
         k = self.components_.shape[0]
@@ -317,9 +411,7 @@ class DeepComBat(Harmonizer):
         from surfharm.models.cvae import ConditionalVAE, cvae_loss
         from surfharm.training.trainer import TrainingDivergedError
 
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise HarmonizerInputError(f"device {self.device!r} asked for but CUDA is not available; use device='cpu'")
+        device = self._torch_device()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.seed))
             network = ConditionalVAE(F.shape[1], S.shape[1], C.shape[1], latent_dim=self.latent_dim,
@@ -401,6 +493,13 @@ class DeepComBat(Harmonizer):
         out = np.empty(X.shape, dtype=dtype)
         if pca_residual is None:
             out[:] = F_h * self.scale_ + self.mean_
+        elif self.sphere_network_ is not None:
+            rest = self.pca_residual_model_.transform(pca_residual, sites=sites, covariates=covariates)
+            codes = F_h * self.score_scale_[0]
+            for start in range(0, n_scans, _SPHERE_BATCH):
+                rows = slice(start, min(start + _SPHERE_BATCH, n_scans))
+                z = self._sphere_apply("decode", codes[rows]) + rest[rows]
+                out[rows] = z * self.scale_ + self.mean_
         else:
             rest = self.pca_residual_model_.transform(pca_residual, sites=sites, covariates=covariates)
             scores = F_h * self.score_scale_[0]
@@ -417,6 +516,11 @@ class DeepComBat(Harmonizer):
     def _get_state(self):
         arrays: dict[str, Any] = {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in self._ARRAYS}
         arrays.update({f"network.{k}": v.detach().cpu().contiguous() for k, v in self.network_.state_dict().items()})
+        sphere = None
+        if self.sphere_network_ is not None:
+            sphere = self.sphere_network_.config()
+            arrays.update({f"sphere.{k}": v.detach().cpu().contiguous()
+                           for k, v in self.sphere_network_.state_dict().items()})
         inner_meta = {}
         for name in self._INNER:
             model = getattr(self, name)
@@ -432,7 +536,8 @@ class DeepComBat(Harmonizer):
                 "network": {"n_features": self.network_.n_features, "n_sites": self.network_.n_sites,
                             "n_covariates": self.network_.n_covariates, "latent_dim": self.network_.latent_dim,
                             "widths": list(self.network_.widths)},
-                "history": self.history_, "inner_models": inner_meta}
+                "history": self.history_, "inner_models": inner_meta, "sphere": sphere,
+                "sphere_history": self.sphere_history_}
         return arrays, meta
 
     def _set_state(self, arrays, meta) -> None:
@@ -452,6 +557,15 @@ class DeepComBat(Harmonizer):
                    if k.startswith("network.")}
         network.load_state_dict(weights)
         self.network_ = network.eval()
+        self.sphere_network_, self.sphere_history_ = None, list(meta.get("sphere_history", []))
+        if meta.get("sphere") is not None:
+            from surfharm.models.sphere_autoencoder import SphereAutoencoder
+
+            config = dict(meta["sphere"])
+            sphere = SphereAutoencoder(config.pop("level"), **config)
+            sphere.load_state_dict({k[len("sphere."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
+                                    if k.startswith("sphere.")})
+            self.sphere_network_ = sphere.eval()
         for name, inner in meta["inner_models"].items():
             if inner is None:
                 setattr(self, name, None)
@@ -478,11 +592,17 @@ class DeepComBat(Harmonizer):
             model = getattr(self, name)
             if model is not None:
                 model._check_state(check)
-        if self.components_.shape[0] and self.pca_residual_model_ is None:
-            from surfharm.errors import ModelFileError
+        from surfharm.errors import ModelFileError
 
-            raise ModelFileError(f"{check.path}: the model has a PCA front end but no model of its residual; "
+        if (self.components_.shape[0] or self.sphere_network_ is not None) and self.pca_residual_model_ is None:
+            raise ModelFileError(f"{check.path}: the model has a front end but no model of its residual; "
                                  "the file is damaged: fit it again")
+        if self.sphere_network_ is not None:
+            if self.sphere_network_.n_vertices != n_features:
+                raise ModelFileError(f"{check.path}: the sphere front end is for {self.sphere_network_.n_vertices} "
+                                     f"vertices but the model for {n_features} features; the file is damaged")
+            for key, value in self.sphere_network_.state_dict().items():
+                check.finite(f"sphere.{key}", value.numpy())
 
 
 def _tensors(*arrays) -> list[torch.Tensor]:

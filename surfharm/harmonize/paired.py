@@ -22,6 +22,11 @@ one network per scanner instead of a shared autoencoder, and its only target is 
 Shapes as CDAE's: ``X`` (n_scans, V) or (n_scans, C, V). ``transform`` maps every scan of a trained
 non-reference scanner to the reference; reference scans are returned unchanged; sites not seen in
 training are refused.
+
+:class:`TravelingSubjectsHarmonizer` holds what this method shares with MISPEL's shared-latent scheme
+(``mispel-sphere``, :mod:`surfharm.harmonize.mispel_sphere`): the checks of maps, sites and subjects,
+the z-scoring, checkpoints and resume, the refusal of unseen sites and the normalisation in the model
+file.
 """
 from __future__ import annotations
 
@@ -39,8 +44,156 @@ from surfharm.harmonize.cdae import _plain, check_maps, icosahedral_level, site_
 MODEL_FORMAT = "surfharm-paired-unet"
 
 
+class TravelingSubjectsHarmonizer(Harmonizer):
+    """What the methods learned from traveling subjects share (``paired-unet``, ``mispel-sphere``).
+
+    The checks of ``X``, ``sites`` and ``subjects``; the training sites and reference; the cortex mask
+    and the per-site, per-vertex z-scoring; the checkpoint directory and its resume check; the checks
+    of ``transform``'s input (unseen sites refused by name); and the normalisation part of the model
+    file. A subclass sets ``format_name`` (how its messages name it) and trains its networks.
+    """
+
+    side_data = ("subjects",)
+    required_side_data = ("subjects",)
+    model_suffix = ".safetensors"
+    run_options = ("checkpoint_dir", "resume", "progress", "device")
+    fitted_attribute = "networks_"
+    format_name = "paired"
+
+    def _prepare(self, X, sites, subjects) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Check the training data; set ``sites_``, ``reference_``, ``mask_``, ``mean_``, ``std_``, level and
+        shapes; return (maps (n, C, V) float32, site index (n,), subjects (n,) object)."""
+        name, owner = self.format_name, type(self).__name__
+        maps, ndim, _ = check_maps(_aligned(X), name)
+        maps = maps.astype(np.float32)
+        n, channels, n_vert = maps.shape
+        sites = require_sites(sites, n, f"{owner}.fit")
+        if subjects is None:
+            raise HarmonizerInputError(f"{name} needs subjects=: one subject label per scan (scans of the same "
+                                       "subject on different sites form the training pairs)")
+        subjects = np.asarray(subjects, dtype=object)
+        if subjects.shape != (n,):
+            raise HarmonizerInputError(f"subjects has shape {subjects.shape}; expected one label per scan ({n})")
+        level = icosahedral_level(n_vert, name)
+        self.sites_ = sorted((_plain(s) for s in pd.unique(sites)), key=str)
+        if len(self.sites_) < 2:
+            raise HarmonizerInputError(f"{name} needs scans of at least 2 sites, got {self.sites_}")
+        if self.reference_site is not None and self.reference_site not in self.sites_:
+            raise HarmonizerInputError(f"reference_site {self.reference_site!r} is not among the sites {self.sites_}")
+        self.reference_ = self.sites_.index(self.reference_site) if self.reference_site is not None else 0
+        index = site_indices(sites, self.sites_)
+        self.level_, self.n_features_in_, self.n_channels_, self.input_ndim_ = level, n_vert, channels, ndim
+        return maps, index, subjects
+
+    def _normalise(self, maps: np.ndarray, index: np.ndarray) -> None:
+        """Cortex mask and per-site, per-vertex statistics of the training maps."""
+        rows = [np.flatnonzero(index == k) for k in range(len(self.sites_))]
+        self.mask_ = np.isfinite(maps).all(axis=(0, 1))
+        self.mask_[self.mask_] = (np.ptp(maps[:, :, self.mask_], axis=0) > 0).all(axis=0)
+        if not self.mask_.any():
+            raise HarmonizerInputError("no vertex is finite and varying in every training scan: "
+                                       "the maps share no cortex")
+        stats = [ls.masked_site_normalisation(maps[:, c], rows, self.mask_, self.min_std_mm)
+                 for c in range(maps.shape[1])]
+        self.mean_ = np.stack([m for m, _ in stats], axis=1)
+        self.std_ = np.stack([s for _, s in stats], axis=1)
+
+    def _zscore(self, maps, index):
+        valid = np.isfinite(maps).all(axis=1) & self.mask_
+        z = (np.nan_to_num(maps) - self.mean_[index]) / self.std_[index]
+        return np.where(valid[:, None], z, 0.0).astype(np.float32), valid
+
+    def _checkpoint(self) -> Path | None:
+        checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.safetensors"
+        if checkpoint is not None and not checkpoint.parent.is_dir():
+            raise HarmonizerInputError(f"checkpoint_dir {checkpoint.parent} does not exist")
+        return checkpoint
+
+    def _checkpoint_extra(self):
+        return {}, {"sites": self.sites_, "level": self.level_}
+
+    def _resume(self, trainer, checkpoint: Path | None) -> None:
+        """Restore ``trainer`` from ``checkpoint`` when asked to and it exists; refuse another data set's."""
+        if self.resume and checkpoint is not None and checkpoint.exists():
+            extra = trainer.load_checkpoint(checkpoint).get("extra", {})
+            if extra.get("sites") != self.sites_ or extra.get("level") != self.level_:
+                raise HarmonizerInputError(f"checkpoint {checkpoint} was trained on sites {extra.get('sites')} at "
+                                           f"level {extra.get('level')}; these data have {self.sites_} at level "
+                                           f"{self.level_}")
+
+    def _transform_input(self, X, sites, advice: str) -> tuple[np.ndarray, int, np.ndarray]:
+        """Checked maps (n, C, V), X's ndim and the site index of every scan; unseen sites refused."""
+        self.check_is_fitted()
+        maps, ndim, _ = check_maps(_aligned(X), self.format_name)
+        owner = type(self).__name__
+        if maps.shape[2] != self.n_features_in_:
+            raise HarmonizerInputError(f"X has {maps.shape[2]} features, but {owner} is expecting "
+                                       f"{self.n_features_in_} features as input (level {self.level_}, the level it "
+                                       "was trained at); resample the maps or train a model at this level")
+        if maps.shape[1] != self.n_channels_:
+            raise HarmonizerInputError(f"X has {maps.shape[1]} channel(s) per vertex; the model was trained on "
+                                       f"{self.n_channels_}")
+        sites = require_sites(sites, maps.shape[0], f"{owner}.transform")
+        unknown = sorted({str(s) for s in sites if s not in self.sites_})
+        if unknown:
+            raise HarmonizerInputError(f"site(s) {unknown} were not seen in training (sites {self.sites_}); "
+                                       + advice)
+        return maps, ndim, site_indices(sites, self.sites_)
+
+    # -- model file ------------------------------------------------------------------------------------------
+    #: ``format`` of the model file; the count of training units (pairs, groups) kept as ``count_meta``.
+    model_format: str = ""
+    count_meta: str = ""
+
+    def _get_state(self):
+        tensors, meta = self._normalisation_state()
+        tensors.update({f"networks.{k}": v for k, v in self.networks_.state_dict().items()})
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        return tensors, {"format": self.model_format, **meta, self.count_meta: getattr(self, f"{self.count_meta}_")}
+
+    def _set_state(self, arrays, meta) -> None:
+        self._set_normalisation_state(arrays, meta, self.model_format)
+        setattr(self, f"{self.count_meta}_", int(meta.get(self.count_meta, 0)))
+        self.networks_ = load_weights(self._build_networks(), arrays, "networks").to(self.device).eval()
+
+    def _build_networks(self):
+        """The untrained networks of the fitted shapes (their weights come from the model file)."""
+        raise NotImplementedError
+
+    def _normalisation_state(self) -> tuple[dict, dict]:
+        import surfharm
+
+        tensors = {"mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
+                   "mask": torch.from_numpy(self.mask_.astype(np.uint8))}
+        meta = {"format_version": 1, "surfharm_version": surfharm.__version__,
+                "sites": self.sites_, "reference": self.reference_, "level": self.level_,
+                "n_features": self.n_features_in_, "n_channels": self.n_channels_, "input_ndim": self.input_ndim_,
+                "history": self.history_}
+        return tensors, meta
+
+    def _set_normalisation_state(self, arrays, meta, model_format: str) -> None:
+        if meta.get("format") != model_format:
+            raise HarmonizerInputError(f"model metadata names format {meta.get('format')!r}; expected {model_format!r}")
+        self.sites_, self.reference_ = list(meta["sites"]), int(meta["reference"])
+        self.level_, self.n_features_in_ = int(meta["level"]), int(meta["n_features"])
+        self.n_channels_, self.input_ndim_ = int(meta["n_channels"]), int(meta["input_ndim"])
+        self.history_ = meta.get("history", [])
+        self.mean_, self.std_ = arrays["mean"], arrays["std"]
+        self.mask_ = arrays["mask"].astype(bool)
+
+    def _check_state(self, check: StateCheck) -> None:
+        shape = (len(self.sites_), self.n_channels_, self.n_features_in_)
+        check.shape("mask", self.mask_, (self.n_features_in_,))
+        for name in ("mean", "std"):
+            check.shape(name, getattr(self, name + "_"), shape)
+        where = np.broadcast_to(self.mask_, shape)
+        check.finite("mean", self.mean_, where)
+        check.finite("std", self.std_, where, positive=True)
+        check_weights(check, self.networks_, "networks")
+
+
 @register("paired-unet")
-class PairedUNet(Harmonizer):
+class PairedUNet(TravelingSubjectsHarmonizer):
     """Supervised spherical mapping of every scanner to a reference, trained on traveling subjects.
 
     Parameters
@@ -60,11 +213,7 @@ class PairedUNet(Harmonizer):
     history_ : per-epoch losses
     """
 
-    side_data = ("subjects",)
-    required_side_data = ("subjects",)
-    model_suffix = ".safetensors"
-    run_options = ("checkpoint_dir", "resume", "progress", "device")
-    fitted_attribute = "networks_"
+    format_name = "paired-unet"
 
     def __init__(self, *, reference_site=None, depth: int = 4, base_channels: int = 16,
                  correlation_weight: float = 1.0, unpaired_weight: float = 0.0, epochs: int = 50,
@@ -106,24 +255,7 @@ class PairedUNet(Harmonizer):
         """Train on the pairs of ``X`` (n_scans, V) or (n_scans, C, V) given by ``subjects``."""
         from surfharm.training.paired import PairedTrainer
 
-        maps, ndim, _ = check_maps(_aligned(X), "paired-unet")
-        maps = maps.astype(np.float32)
-        n, channels, n_vert = maps.shape
-        sites = require_sites(sites, n, "PairedUNet.fit")
-        if subjects is None:
-            raise HarmonizerInputError("paired-unet needs subjects=: one subject label per scan (scans of the same "
-                                       "subject on different sites form the training pairs)")
-        subjects = np.asarray(subjects, dtype=object)
-        if subjects.shape != (n,):
-            raise HarmonizerInputError(f"subjects has shape {subjects.shape}; expected one label per scan ({n})")
-        level = icosahedral_level(n_vert, "paired-unet")
-        self.sites_ = sorted((_plain(s) for s in pd.unique(sites)), key=str)
-        if len(self.sites_) < 2:
-            raise HarmonizerInputError(f"paired-unet needs scans of at least 2 sites, got {self.sites_}")
-        if self.reference_site is not None and self.reference_site not in self.sites_:
-            raise HarmonizerInputError(f"reference_site {self.reference_site!r} is not among the sites {self.sites_}")
-        self.reference_ = self.sites_.index(self.reference_site) if self.reference_site is not None else 0
-        index = site_indices(sites, self.sites_)
+        maps, index, subjects = self._prepare(X, sites, subjects)
         pairs, unpaired = find_pairs(index, subjects, self.reference_)
         paired_sites = set(index[pairs[:, 0]].tolist()) if len(pairs) else set()
         missing = [self.sites_[k] for k in range(len(self.sites_)) if k != self.reference_ and k not in paired_sites]
@@ -132,61 +264,27 @@ class PairedUNet(Harmonizer):
                 f"site(s) {missing} have no pairs: none of their subjects was also scanned on the reference site "
                 f"{self.sites_[self.reference_]!r}. paired-unet learns each site's mapping from such pairs; give "
                 "subjects= labels that match across sites, or harmonize those sites with an unpaired method (cdae)")
-        rows = [np.flatnonzero(index == k) for k in range(len(self.sites_))]
-        self.mask_ = np.isfinite(maps).all(axis=(0, 1))
-        self.mask_[self.mask_] = (np.ptp(maps[:, :, self.mask_], axis=0) > 0).all(axis=0)
-        if not self.mask_.any():
-            raise HarmonizerInputError("no vertex is finite and varying in every training scan: "
-                                       "the maps share no cortex")
-        stats = [ls.masked_site_normalisation(maps[:, c], rows, self.mask_, self.min_std_mm) for c in range(channels)]
-        self.mean_ = np.stack([m for m, _ in stats], axis=1)
-        self.std_ = np.stack([s for _, s in stats], axis=1)
-        self.level_, self.n_features_in_, self.n_channels_, self.input_ndim_ = level, n_vert, channels, ndim
+        self._normalise(maps, index)
         self.n_pairs_ = int(len(pairs))
         z, valid = self._zscore(maps, index)
-        config = self.training_config(level, len(self.sites_), channels, self.reference_)
-        checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.safetensors"
-        if checkpoint is not None and not checkpoint.parent.is_dir():
-            raise HarmonizerInputError(f"checkpoint_dir {checkpoint.parent} does not exist")
+        config = self.training_config(self.level_, len(self.sites_), self.n_channels_, self.reference_)
+        checkpoint = self._checkpoint()
         trainer = PairedTrainer(config, torch.from_numpy(z), torch.from_numpy(valid), torch.from_numpy(index),
                                 pairs, unpaired, device=self.device, checkpoint_path=checkpoint,
                                 checkpoint_every=self.checkpoint_every, progress=self.progress,
-                                checkpoint_extra=lambda: ({}, {"sites": self.sites_, "level": self.level_}))
-        if self.resume and checkpoint is not None and checkpoint.exists():
-            extra = trainer.load_checkpoint(checkpoint).get("extra", {})
-            if extra.get("sites") != self.sites_ or extra.get("level") != self.level_:
-                raise HarmonizerInputError(f"checkpoint {checkpoint} was trained on sites {extra.get('sites')} at "
-                                           f"level {extra.get('level')}; these data have {self.sites_} at level "
-                                           f"{self.level_}")
+                                checkpoint_extra=self._checkpoint_extra)
+        self._resume(trainer, checkpoint)
         self.history_ = trainer.train()
         self.networks_ = trainer.networks.eval()
         return self
-
-    def _zscore(self, maps, index):
-        valid = np.isfinite(maps).all(axis=1) & self.mask_
-        z = (np.nan_to_num(maps) - self.mean_[index]) / self.std_[index]
-        return np.where(valid[:, None], z, 0.0).astype(np.float32), valid
 
     def transform(self, X, *, sites=None, subjects=None, batch_size: int = 8):
         """Map every scan of a non-reference site to the reference; same shape and dtype as ``X``.
 
         ``subjects`` is accepted (the declared side datum) and not needed: the mapping is per scan.
         """
-        self.check_is_fitted()
-        maps, ndim, dtype = check_maps(_aligned(X), "paired-unet")
-        if maps.shape[2] != self.n_features_in_:
-            raise HarmonizerInputError(f"X has {maps.shape[2]} features, but PairedUNet is expecting "
-                                       f"{self.n_features_in_} features as input (level {self.level_}, the level it "
-                                       "was trained at); resample the maps or train a model at this level")
-        if maps.shape[1] != self.n_channels_:
-            raise HarmonizerInputError(f"X has {maps.shape[1]} channel(s) per vertex; the model was trained on "
-                                       f"{self.n_channels_}")
-        sites = require_sites(sites, maps.shape[0], "PairedUNet.transform")
-        unknown = sorted({str(s) for s in sites if s not in self.sites_})
-        if unknown:
-            raise HarmonizerInputError(f"site(s) {unknown} were not seen in training (sites {self.sites_}); the "
-                                       "paired mapping exists only for scanners with traveling subjects")
-        index = site_indices(sites, self.sites_)
+        maps, ndim, index = self._transform_input(
+            X, sites, "the paired mapping exists only for scanners with traveling subjects")
         z, valid = self._zscore(maps, index)
         out = maps.copy()
         moving = np.flatnonzero(index != self.reference_)
@@ -201,42 +299,13 @@ class PairedUNet(Harmonizer):
         return out[:, 0] if ndim == 2 else out
 
     # -- model file ------------------------------------------------------------------------------------
-    def _get_state(self):
-        import surfharm
+    model_format = MODEL_FORMAT
+    count_meta = "n_pairs"
 
-        tensors = {f"networks.{k}": v for k, v in self.networks_.state_dict().items()}
-        tensors.update({"mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
-                        "mask": torch.from_numpy(self.mask_.astype(np.uint8))})
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        meta = {"format": MODEL_FORMAT, "format_version": 1, "surfharm_version": surfharm.__version__,
-                "sites": self.sites_, "reference": self.reference_, "level": self.level_,
-                "n_features": self.n_features_in_, "n_channels": self.n_channels_, "input_ndim": self.input_ndim_,
-                "n_pairs": self.n_pairs_, "history": self.history_}
-        return tensors, meta
-
-    def _set_state(self, arrays, meta) -> None:
+    def _build_networks(self):
         from surfharm.training.paired import PairedNetworks
 
-        if meta.get("format") != MODEL_FORMAT:
-            raise HarmonizerInputError(f"model metadata names format {meta.get('format')!r}; expected {MODEL_FORMAT!r}")
-        self.sites_, self.reference_ = list(meta["sites"]), int(meta["reference"])
-        self.level_, self.n_features_in_ = int(meta["level"]), int(meta["n_features"])
-        self.n_channels_, self.input_ndim_ = int(meta["n_channels"]), int(meta["input_ndim"])
-        self.n_pairs_, self.history_ = int(meta.get("n_pairs", 0)), meta.get("history", [])
-        self.mean_, self.std_ = arrays["mean"], arrays["std"]
-        self.mask_ = arrays["mask"].astype(bool)
-        net = PairedNetworks(self.training_config(self.level_, len(self.sites_), self.n_channels_, self.reference_))
-        self.networks_ = load_weights(net, arrays, "networks").to(self.device).eval()
-
-    def _check_state(self, check: StateCheck) -> None:
-        shape = (len(self.sites_), self.n_channels_, self.n_features_in_)
-        check.shape("mask", self.mask_, (self.n_features_in_,))
-        for name in ("mean", "std"):
-            check.shape(name, getattr(self, name + "_"), shape)
-        where = np.broadcast_to(self.mask_, shape)
-        check.finite("mean", self.mean_, where)
-        check.finite("std", self.std_, where, positive=True)
-        check_weights(check, self.networks_, "networks")
+        return PairedNetworks(self.training_config(self.level_, len(self.sites_), self.n_channels_, self.reference_))
 
 
 def find_pairs(index: np.ndarray, subjects: np.ndarray, reference: int) -> tuple[np.ndarray, np.ndarray]:
@@ -252,6 +321,28 @@ def find_pairs(index: np.ndarray, subjects: np.ndarray, reference: int) -> tuple
         if not partners:
             unpaired.append(row)
     return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(unpaired, dtype=np.int64)
+
+
+def find_traveling_groups(index: np.ndarray, subjects: np.ndarray, n_sites: int) -> np.ndarray:
+    """The scans of every traveling subject (seen on >= 2 sites) as (n_groups, n_sites) rows, -1 where the
+    subject has no scan on that site.
+
+    A subject with several scans on a site gives several groups: group r takes its r-th scan on each
+    site (its last one on sites with fewer), so that every scan enters a group.
+    """
+    scans: dict = {}
+    for row in range(len(index)):
+        scans.setdefault(subjects[row], {}).setdefault(int(index[row]), []).append(row)
+    groups = []
+    for by_site in scans.values():
+        if len(by_site) < 2:
+            continue
+        for r in range(max(len(rows) for rows in by_site.values())):
+            group = np.full(n_sites, -1, dtype=np.int64)
+            for k, rows in by_site.items():
+                group[k] = rows[min(r, len(rows) - 1)]
+            groups.append(group)
+    return np.array(groups, dtype=np.int64).reshape(-1, n_sites)
 
 
 def _aligned(X):

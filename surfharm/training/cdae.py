@@ -157,8 +157,12 @@ class CDAETrainer(Trainer):
         cfg = self.config
         if cfg.train_targets == "reference":
             return torch.full_like(sources, cfg.reference)
-        rng = np.random.default_rng((cfg.seed, 101, step, self.rank))
-        shift = torch.as_tensor(rng.integers(1, cfg.n_sites, size=len(sources)), device=sources.device)
+        # One draw for the global batch, this process's share of it: several processes draw what one
+        # process with the global batch would.
+        rng = np.random.default_rng((cfg.seed, 101, step, 0))
+        shifts = rng.integers(1, cfg.n_sites, size=self.global_batch)
+        start = self.rank * cfg.batch_size
+        shift = torch.as_tensor(shifts[start:start + len(sources)], device=sources.device)
         return (sources + shift) % cfg.n_sites                   # any site but the scan's own
 
     def train_step(self) -> dict[str, float]:
@@ -171,7 +175,14 @@ class CDAETrainer(Trainer):
         src = self.sites[rows].to(self.device)
         tgt = self.targets(step, src)
         moved = (tgt != src).float()                             # scans that are mapped to another code
-        n_moved = moved.sum().clamp_min(1)
+        n_moved = moved.sum()
+        if self.distributed:
+            # Means over the moved scans of the global batch: DDP averages the processes' gradients, so
+            # each process divides its sum by the global count / world size.
+            n_moved = n_moved.detach().clone()
+            torch.distributed.all_reduce(n_moved)
+            n_moved = n_moved / self.world_size
+        n_moved = n_moved.clamp_min(1 / self.world_size)
         keep = mask[:, None].to(x.dtype)
         net = self.network
 

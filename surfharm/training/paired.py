@@ -4,6 +4,10 @@ One residual :class:`spherical_ops.IcoUNet` per scanner maps that scanner's z-sc
 reference scanner's z-scored maps. One step takes a batch of pairs (a scan and a reference-scanner
 scan of the same subject): L1 to the reference scan + ``correlation`` x (1 - r); with ``unpaired`` > 0
 also a batch of scans without a partner, whose pattern is kept: ``unpaired`` x (1 - r(x, mapped)).
+
+:class:`MispelTrainer` trains MISPEL's per-scanner encoders and decoders
+(:mod:`surfharm.harmonize.mispel_sphere`) in its two steps on the same loop; it shares the traveling
+subjects, the z-scored maps and the checkpoints with the paired U-Nets.
 """
 from __future__ import annotations
 
@@ -188,3 +192,229 @@ class PairedTrainer(Trainer):
         loss = l1 + cfg.correlation * corr + cfg.unpaired * unpaired
         loss.backward()
         return self._finish_step(torch.stack([loss, l1, corr, unpaired]), lr)
+
+
+# -- MISPEL's two-step scheme (:mod:`surfharm.harmonize.mispel_sphere`) --------------------------------------
+
+MISPEL_CHECKPOINT_FORMAT = "surfharm-mispel-sphere-checkpoint"
+MISPEL_LOSS_NAMES = ("loss", "variance", "rec", "pairwise", "stage")
+
+
+@dataclass(frozen=True)
+class MispelConfig:
+    """Everything that defines a MISPEL training run (written into every checkpoint).
+
+    ``epochs`` and ``max_steps`` apply to each of the two steps (published: 100 epochs each); the
+    loss weights are the published ones (step 1: ``variance`` x latent variance + ``reconstruction_1`` x
+    L1; step 2: ``reconstruction_2`` x L1 + ``harmonization`` x mean pairwise L1).
+    """
+
+    level: int
+    n_sites: int
+    reference: int = 0
+    in_channels: int = 1
+    latent_channels: int = 6
+    base_channels: int = 32
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 4
+    epochs: int = 20
+    max_steps: int | None = None
+    schedule: str = "constant"
+    variance: float = 1.0
+    reconstruction_1: float = 0.3
+    reconstruction_2: float = 1.0
+    harmonization: float = 4.0
+    seed: int = 0
+    amp: bool = True
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine' (within each step), got {self.schedule!r}")
+        for name in ("batch_size", "epochs", "in_channels", "latent_channels", "base_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.n_sites < 2:
+            raise ValueError(f"MISPEL needs at least 2 scanners, got {self.n_sites}")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ValueError(f"max_steps must be a positive int or None, got {self.max_steps!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "MispelConfig":
+        values = dict(values)
+        values["betas"] = tuple(values.get("betas", (0.9, 0.999)))
+        return cls(**values)
+
+
+class MispelTrainer(Trainer):
+    """Train :class:`surfharm.models.mispel_sphere.MispelNetworks` in MISPEL's two steps.
+
+    Steps ``[0, phase_steps)`` are step 1 (encoders and decoders); steps ``[phase_steps, 2 phase_steps)``
+    step 2 (decoders only; the encoders run without gradients). Encoders and decoders have an Adam each;
+    the decoders' Adam starts afresh at step 2 (a new optimisation, as published). A batch is
+    ``batch_size`` traveling subjects, each with its scans on every scanner that saw it; every loss is a
+    mean per subject, then over the batch's subjects (so several processes average to the global batch).
+
+    Parameters
+    ----------
+    config : MispelConfig
+    maps : Tensor
+        (n, C, V) float32 z-scored per site, 0 outside ``mask``.
+    mask : Tensor
+        (n, V) bool.
+    groups : ndarray
+        (n_groups, n_sites) int: row of the scan of each traveling subject on each scanner, -1 where
+        it has none (at least 2 per row).
+    device, checkpoint_path, checkpoint_every, validate, checkpoint_extra, progress
+        As :class:`PairedTrainer`'s.
+    """
+
+    checkpoint_format = MISPEL_CHECKPOINT_FORMAT
+    loss_names = MISPEL_LOSS_NAMES
+    progress_desc = "MISPEL"
+    progress_keys = ("loss", "variance", "rec", "pairwise")
+
+    def __init__(self, config: MispelConfig, maps: torch.Tensor, mask: torch.Tensor, groups: np.ndarray, *,
+                 device="cpu", checkpoint_path=None, checkpoint_every: int = 0, validate: Callable | None = None,
+                 checkpoint_extra: Callable[[], tuple[dict, dict]] | None = None, progress: bool = False):
+        from surfharm.models.mispel_sphere import MispelNetworks
+
+        self._setup(config, device=device, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+                    validate=validate, checkpoint_extra=checkpoint_extra, progress=progress)
+        expected = (config.in_channels, n_vertices(config.level))
+        if maps.dim() != 3 or tuple(maps.shape[1:]) != expected or tuple(mask.shape) != (maps.shape[0], expected[1]):
+            raise ValueError(f"maps must be (n, {expected[0]}, {expected[1]}) and mask (n, {expected[1]}); got "
+                             f"{tuple(maps.shape)} and {tuple(mask.shape)}")
+        groups = np.asarray(groups, dtype=np.int64)
+        if groups.ndim != 2 or groups.shape[1] != config.n_sites or len(groups) == 0 \
+                or ((groups >= 0).sum(axis=1) < 2).any():
+            raise ValueError(f"groups must be (n_groups >= 1, {config.n_sites}) rows with >= 2 scans each, got "
+                             f"shape {groups.shape}")
+        self.maps, self.mask, self.groups = maps, mask, groups
+        torch.manual_seed(config.seed)
+        self.networks = MispelNetworks(config.n_sites, config.in_channels, config.level, config.latent_channels,
+                                       config.base_channels).to(self.device)
+        self.opt_enc = torch.optim.Adam(self.networks.encoders.parameters(), lr=config.lr, betas=config.betas)
+        self.opt_dec = torch.optim.Adam(self.networks.decoders.parameters(), lr=config.lr, betas=config.betas)
+        self._ddp = self._wrap_distributed(self.networks)
+        self._ddp_decoders = None                                # built when step 2 begins
+
+    @property
+    def epoch_size(self) -> int:
+        return len(self.groups)
+
+    @property
+    def phase_steps(self) -> int:
+        """Steps of each of the two training steps."""
+        return self.config.max_steps or self.config.epochs * self.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return 2 * self.phase_steps
+
+    def stage_at(self, step: int) -> int:
+        """1 (encoders and decoders) or 2 (decoders only) at ``step``."""
+        return 1 if step < self.phase_steps else 2
+
+    def lr_at(self, step: int) -> float:
+        if self.config.schedule == "cosine":
+            within = step % self.phase_steps if step < self.total_steps else self.phase_steps
+            return self.config.lr * 0.5 * (1 + math.cos(math.pi * within / self.phase_steps))
+        return self.config.lr
+
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        return {"networks": self.networks}
+
+    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_enc": self.opt_enc, "opt_dec": self.opt_dec}
+
+    # -- losses ---------------------------------------------------------------------------------------
+    def losses(self, groups: np.ndarray, stage: int, plain: bool = False) -> dict[str, torch.Tensor]:
+        """Losses (scalars) of the traveling subjects ``groups`` (rows of :attr:`groups`) at ``stage``.
+
+        ``loss`` is the stage's objective; the other terms are computed either way. ``plain``: run the
+        networks themselves, not their DistributedDataParallel wrappers (for evaluation on one process).
+        """
+        cfg = self.config
+        rows = torch.as_tensor(np.asarray(groups, dtype=np.int64))
+        g, k = torch.nonzero(rows >= 0, as_tuple=True)
+        scans = rows[g, k]
+        x, mask = self.maps[scans].to(self.device), self.mask[scans].to(self.device)
+        g, k = g.to(self.device), k.to(self.device)
+        n_groups = rows.shape[0]
+        if stage == 1:
+            with self._autocast():
+                latent, rec, harmonized = (self.networks if plain else self._ddp)(x, k, cfg.reference)
+        else:
+            with torch.no_grad(), self._autocast():
+                latent = self.networks.encoders(x, k)
+            if self._ddp_decoders is None and not plain:
+                self._ddp_decoders = self._wrap_distributed(self.networks.decoders)
+            with self._autocast():
+                decoders = self.networks.decoders if plain else self._ddp_decoders
+                rec, harmonized = decoders(latent, k, cfg.reference)
+        latent, rec, harmonized = latent.float(), rec.float(), harmonized.float()
+        size = torch.zeros(n_groups, device=self.device).index_add(0, g, torch.ones_like(g, dtype=torch.float32))
+        # Vertices inside cortex in every scan of the subject.
+        inside = torch.zeros(n_groups, mask.shape[1], device=self.device).index_add(0, g, mask.float())
+        inside = (inside == size[:, None]).float()
+
+        def per_group(values: torch.Tensor, index: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(n_groups, device=self.device).index_add(0, index, values) / count.clamp_min(1)
+
+        def masked_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:   # (n, C, V), (n, V) -> (n,)
+            return (values * where[:, None]).sum(dim=(1, 2)) / (where.sum(1) * values.shape[1]).clamp_min(1)
+
+        centre = torch.zeros(n_groups, *latent.shape[1:], device=self.device).index_add(0, g, latent)
+        centre = centre / size[:, None, None]
+        spread = torch.zeros_like(centre).index_add(0, g, (latent - centre[g]).square()) / size[:, None, None]
+        variance = masked_mean(spread, inside)
+        rec_l1 = per_group(masked_l1_per_scan(rec, x, mask), g, size)
+        first, second = torch.triu_indices(len(g), len(g), offset=1, device=self.device)
+        same = g[first] == g[second]
+        first, second = first[same], second[same]
+        pair_group = g[first]
+        pair_count = torch.zeros(n_groups, device=self.device).index_add(
+            0, pair_group, torch.ones_like(pair_group, dtype=torch.float32))
+        pairwise = per_group(masked_mean((harmonized[first] - harmonized[second]).abs(), inside[pair_group]),
+                             pair_group, pair_count)
+        variance, rec_l1, pairwise = variance.mean(), rec_l1.mean(), pairwise.mean()
+        if stage == 1:
+            loss = cfg.variance * variance + cfg.reconstruction_1 * rec_l1
+        else:
+            loss = cfg.reconstruction_2 * rec_l1 + cfg.harmonization * pairwise
+        return {"loss": loss, "variance": variance, "rec": rec_l1, "pairwise": pairwise}
+
+    def evaluate(self) -> dict[str, float]:
+        """Both steps' objectives on every traveling subject (no gradients): ``loss_1``, ``loss_2`` and
+        the terms."""
+        with torch.no_grad():
+            one = self.losses(self.groups, 1, plain=True)
+            two = self.losses(self.groups, 2, plain=True)
+        return {"loss_1": float(one["loss"]), "loss_2": float(two["loss"]),
+                **{k: float(v) for k, v in one.items() if k != "loss"}}
+
+    def train_step(self) -> dict[str, float]:
+        step = self.step
+        stage = self.stage_at(step)
+        if step == self.phase_steps:
+            self.opt_dec.state.clear()                           # step 2 is a new optimisation of the decoders
+        lr = self.lr_at(step)
+        self._set_lr(lr)
+        chosen = self.groups[self.batch_rows(step, len(self.groups), 0)]
+        self.opt_enc.zero_grad(set_to_none=True)
+        self.opt_dec.zero_grad(set_to_none=True)
+        out = self.losses(chosen, stage)
+        out["loss"].backward()
+        stage_value = torch.tensor(float(stage), device=self.device)
+        values = torch.stack([out["loss"], out["variance"], out["rec"], out["pairwise"], stage_value])
+        return self._finish_step(values.detach(), lr)

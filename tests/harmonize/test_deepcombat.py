@@ -170,3 +170,107 @@ def test_pca_front_end_for_vertex_maps(tmp_path):
     assert gap < 0.05 < abs(np.nanmean(X[sites == "b"]) - np.nanmean(X[sites == "a"]))
     path = model.save(tmp_path / "vertex.safetensors")
     np.testing.assert_array_equal(H.load(path).transform(X, sites=sites, covariates=cov), out)
+
+
+# -- the sphere front end -------------------------------------------------------------------------------
+
+def sphere_cohort(n: int = 60, seed: int = 0, level: int = 3):
+    """Smooth maps on the level-3 icosphere (642 vertices): 6 smooth patterns per subject, noise, age, a
+    spatially varying shift at site b and a medial wall (the first 20 vertices NaN)."""
+    from spherical_ops import icosphere
+
+    rng = np.random.default_rng(seed)
+    xyz = np.asarray(icosphere(level).vertices, dtype=float)
+    xyz = xyz / np.linalg.norm(xyz, axis=1, keepdims=True)
+    basis = np.stack([xyz[:, 0], xyz[:, 1], xyz[:, 2], xyz[:, 0] * xyz[:, 1], xyz[:, 2] ** 2, xyz[:, 1] * xyz[:, 2]])
+    sites = np.array(["a", "b", "c"] * (n // 3), dtype=object)
+    age = rng.uniform(20, 80, n)
+    X = (2.5 + rng.normal(0, 1, (n, len(basis))) @ basis * 0.1 + rng.normal(0, 0.02, (n, xyz.shape[0]))
+         - 0.003 * age[:, None] + 0.1 * (sites == "b")[:, None] * (1 + xyz[:, 0]))
+    X[:, :20] = np.nan
+    return X, sites, pd.DataFrame({"age": age})
+
+
+#: Code at level 1 (42 vertices x 4 channels); 10 epochs take a few seconds.
+SPHERE = dict(TINY, front_end="sphere", sphere_level=1, sphere_epochs=10)
+
+
+@pytest.fixture(scope="module")
+def sphere_fit():
+    X, sites, cov = sphere_cohort()
+    return H.get("deepcombat")(**SPHERE).fit(X, sites=sites, covariates=cov), X, sites, cov
+
+
+def test_sphere_autoencoder_shapes():
+    import torch
+
+    from surfharm.models.sphere_autoencoder import SphereAutoencoder, default_widths
+
+    net = SphereAutoencoder(3, bottleneck_level=1, code_channels=4)
+    assert net.widths == default_widths(3, 1) == [8, 16, 32] and net.code_size == 4 * 42
+    x = torch.zeros(5, 642)
+    code = net.encode(x)
+    assert code.shape == (5, 168) and net.decode(code).shape == (5, 642)
+    with pytest.raises(ValueError, match="642"):
+        net.encode(torch.zeros(5, 162))
+    with pytest.raises(ValueError, match="bottleneck_level"):
+        SphereAutoencoder(3, bottleneck_level=4)
+
+
+def test_sphere_front_end_feeds_its_code_to_deepcombat(sphere_fit):
+    model, X, sites, cov = sphere_fit
+    assert model.sphere_network_.code_size == model.network_.n_features == 168
+    assert model.components_.shape == (0, X.shape[1]) and model.pca_residual_model_ is not None
+    assert len(model.sphere_history_) == 10 and model.sphere_history_[-1]["mse"] < model.sphere_history_[0]["mse"]
+    out = model.transform(X, sites=sites, covariates=cov)
+    assert out.shape == X.shape and out.dtype == X.dtype
+    gap = abs(np.nanmean(out[sites == "b"]) - np.nanmean(out[sites == "a"]))
+    assert gap < 0.03 < abs(np.nanmean(X[sites == "b"]) - np.nanmean(X[sites == "a"]))
+
+
+def test_sphere_front_end_reconstructs_new_maps_better_than_the_mean_map(sphere_fit):
+    model, *_ = sphere_fit
+    new_X, *_ = sphere_cohort(seed=5)
+    _, remainder = model._network_input(new_X)
+    Z = model._z(new_X, slice(0, new_X.shape[1]))
+    observed = np.isfinite(Z)
+    # The mean map (0 in z-units) leaves the whole variance; measured after 10 epochs: 0.18 of it.
+    assert np.mean(remainder[observed] ** 2) < 0.5 * np.mean(Z[observed] ** 2)
+
+
+def test_sphere_front_end_keeps_nan_vertices_nan(sphere_fit):
+    model, X, sites, cov = sphere_fit
+    X = X.copy()
+    X[3, 100] = np.nan
+    out = model.transform(X, sites=sites, covariates=cov)
+    assert np.isnan(out[:, :20]).all() and np.isnan(out[3, 100])
+    assert np.isfinite(out[:, 20:]).sum() == out[:, 20:].size - 1
+
+
+def test_sphere_front_end_save_load_identical(sphere_fit, tmp_path):
+    model, X, sites, cov = sphere_fit
+    path = model.save(tmp_path / "sphere.safetensors")
+    loaded = H.load(path)
+    assert loaded.get_params() == model.get_params()
+    assert loaded.sphere_network_.config() == model.sphere_network_.config()
+    np.testing.assert_array_equal(loaded.transform(X, sites=sites, covariates=cov),
+                                  model.transform(X, sites=sites, covariates=cov))
+    assert loaded.sphere_history_ == model.sphere_history_
+
+
+def test_sphere_front_end_deterministic_with_a_seed():
+    X, sites, cov = sphere_cohort(n=30)
+    options = {**SPHERE, "sphere_epochs": 2}
+    a, b, c = (H.get("deepcombat")(**options, seed=s).fit(X, sites=sites, covariates=cov) for s in (1, 1, 2))
+    out_a, out_b, out_c = (m.transform(X, sites=sites, covariates=cov) for m in (a, b, c))
+    np.testing.assert_array_equal(out_a, out_b)
+    assert not np.array_equal(out_a, out_c)
+
+
+def test_sphere_front_end_needs_icosphere_maps():
+    X, sites, cov = cohort()
+    with pytest.raises(ValueError, match="icosphere"):
+        H.get("deepcombat")(**SPHERE).fit(X, sites=sites, covariates=cov)
+    X, sites, cov = sphere_cohort(n=30)
+    with pytest.raises(ValueError, match="sphere_level"):
+        H.get("deepcombat")(**{**SPHERE, "sphere_level": 4}).fit(X, sites=sites, covariates=cov)

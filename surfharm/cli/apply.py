@@ -16,6 +16,10 @@ examples:
   # NIfTI scans with a volumetric model fitted by 'surfharm harmonize --images ... --method nyul --out nyul-run'
   surfharm apply --model nyul-run --images new_t1w/ --masks new_masks/ --out new-nyul
 
+  # sessions of several contrasts with a deep image model fitted with --contrasts (they are taken from
+  # the model when --contrasts is left out): writes <session>_<contrast>.nii.gz
+  surfharm apply --model deepharmony-run --images new_anat/ --masks new_masks/ --participants new.tsv --out new-dh
+
 The new table needs the site column and the covariates kept at fit time (listed in fitted/<hemi>/config.json).
 Maps are brought to the model's level. Sites unknown to the model are refused with their names (with
 --adapt-new-sites their scans adapt a copy of the model, written into --out), and so is
@@ -49,9 +53,12 @@ def run(args) -> int:
     from surfharm import pipeline
     from surfharm.cli.harmonize import print_summary, source_from_args
 
+    from surfharm.pipeline.run import with_model_contrasts
+
     level = args.level or _model_level(args.model, args.hemi[0]) or 7
     source = source_from_args(args, default_level=level)
     if args.dry_run:
+        source = with_model_contrasts(source, args.model)  # sessions of the model's contrasts
         print(pipeline.plan(source, args.out, model=args.model, space=args.space))
         source.check_tables()  # exits 2 on a table problem
         print("tables checked: ids unique, every scan has a site")

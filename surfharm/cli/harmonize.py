@@ -39,10 +39,17 @@ examples:
   # NIfTI volumes (the volumetric methods): a folder of T1w scans, their brain masks, a table (image, site, ...)
   surfharm harmonize --images t1w/ --masks masks/ --participants scans.csv --method nyul --out nyul-run
 
+  # several contrasts per session (the deep image methods): anat/ holds sub-01_ses-1_T1w.nii.gz,
+  # sub-01_ses-1_FLAIR.nii.gz, ...; masks/ holds sub-01_ses-1_mask.nii.gz, ...; sessions.tsv has columns
+  # image (the session: sub-01_ses-1), subject and site
+  surfharm harmonize --images anat/ --contrasts T1w,FLAIR --masks masks/ --participants sessions.tsv \
+      --method deepharmony:steps=2000 --out deepharmony-run
+
 Writes OUT/<hemi>/: the harmonized maps (fsaverage[N]/<scan>/surf/<hemi>.<measure>.harmonized.*.mgz,
 native/<scan>/surf/<hemi>.<measure>.harmonized), the model (model.npz or model.safetensors), metrics.csv,
 table.csv, maps/*.npy and report.html (open it in a browser); for NIfTI scans OUT/volumes/ holds
-<scan name>_<method>.nii.gz, the model, table.csv and config.json. Apply the model to new scans with
+<scan name>_<method>.nii.gz (with --contrasts: <session>_<contrast>.nii.gz), the model, table.csv and
+config.json. Apply the model to new scans with
 'surfharm apply'. The run is written beside OUT and moved into place when complete, so OUT holds
 exactly one complete run; --overwrite replaces the previous run as a whole. Inputs are never
 overwritten: an input inside OUT is refused (copy it elsewhere or choose another --out).
@@ -59,10 +66,17 @@ def add_input_arguments(parser) -> None:
     source.add_argument("--roi-table", metavar="FILE", help="ROI table: aparcstats2table TSV or CSV, one row per scan")
     source.add_argument("--images", nargs="+", metavar="PATH",
                         help="NIfTI scans (.nii/.nii.gz) or one folder of them, for the volumetric methods")
+    parser.add_argument("--contrasts", metavar="NAMES",
+                        help="with --images, for the deep image methods: the contrasts of every session, "
+                             "comma-separated (e.g. T1w,T2w,FLAIR); files are grouped into sessions by their "
+                             "suffix, <session>_<contrast>.nii[.gz] (e.g. sub-01_ses-1_T1w.nii.gz), and each "
+                             "harmonized contrast is written as <session>_<contrast>.nii.gz. A session lacking a "
+                             "contrast is refused; other files of an --images folder are left out with a note. "
+                             "For 'apply': default the model's contrasts")
     parser.add_argument("--participants", metavar="FILE",
                         help="CSV/TSV, one row per scan: subject, site (session, age, sex, ...); for --mgh and "
                              "--roi-table a covariate table joined by subject; for --images a table with a column "
-                             "'image' (file name) and 'site'")
+                             "'image' (file name; with --contrasts the session, e.g. sub-01_ses-1) and 'site'")
     parser.add_argument("--fsgd", metavar="FILE", help="FSGD file of --mgh (frame i = i-th Input line)")
     parser.add_argument("--site-column", default="site", help="table column naming the site/scanner (default site)")
     parser.add_argument("--hemi", nargs="+", default=["lh"], choices=("lh", "rh"),
@@ -80,9 +94,11 @@ def add_input_arguments(parser) -> None:
                         help="label/annotation of --mgh's mesh; vertices outside become NaN")
     parser.add_argument("--masks", nargs="+", metavar="PATH",
                         help="brain masks of --images: one per scan, one for all, or a folder of masks named like "
-                             "the scans (default: voxels > 0 of each skull-stripped scan)")
+                             "the scans (with --contrasts: <session>_mask.nii.gz) (default: voxels > 0 of each "
+                             "skull-stripped scan)")
     parser.add_argument("--sites", nargs="+", metavar="LABEL",
-                        help="the site of each scan of --images, in their order (or a 'site' column in --participants)")
+                        help="the site of each scan (session) of --images, in their order (or a 'site' column in "
+                             "--participants)")
     parser.add_argument("--control-mask", metavar="FILE", help="RAVEL's control (CSF) region mask (--images)")
     parser.add_argument("--jobs", type=int, default=1, help="scans read and resampled in parallel (default 1)")
     values = parser.add_argument_group("plausible values (thickness [0, 10] mm, area and volume >= 0)")
@@ -143,6 +159,8 @@ def source_from_args(args, default_level: int = 7, **fixed):
         raise CLIError("give exactly one input: " + ", or ".join(INPUT_USAGE[cls.name] for cls in offered)
                        + f" (got {', '.join(cls.option for cls in given) or 'none'})")
     cls = given[0]
+    if getattr(args, "contrasts", None) and not cls.holds_volumes:
+        raise CLIError(f"--contrasts goes with --images (NIfTI sessions of several contrasts), not with {cls.option}")
     options = {}
     for item in fields(cls):
         value = getattr(args, _ARGUMENT_OF.get(item.name, item.name), None)
@@ -172,7 +190,8 @@ def register(subparsers) -> None:
     method.add_argument("--method", default="combat", metavar="NAME[:KEY=VALUE,...]",
                         help="harmonizer (default combat): combat, combat-long (repeated scans), s2sgan (two "
                              "sites), mean-std, mean-shift, ...; with --images the volumetric methods (zscore, "
-                             "white-stripe, nyul, mica, ravel, voxel-combat, ...); options as in 'surfharm benchmark'")
+                             "white-stripe, nyul, mica, ravel, voxel-combat, deepharmony, ...; with --contrasts the "
+                             "deep image methods); options as in 'surfharm benchmark'")
     method.add_argument("--keep", nargs="*", metavar="COLUMN",
                         help="covariates whose effects are preserved (default: age and sex when present; "
                              "'--keep' alone keeps none)")

@@ -45,7 +45,12 @@ _REGISTRY: dict[str, type["Harmonizer"]] = {}
 #: Built-in harmonizers outside this package's eager imports (torch, NIfTI): imported the first
 #: time they are asked for, so ``import surfharm.harmonize`` stays light.
 _LAZY: dict[str, str] = {"s2sgan": "surfharm.harmonize.s2sgan", "cdae": "surfharm.harmonize.cdae",
-                         "paired-unet": "surfharm.harmonize.paired", "deepcombat": "surfharm.harmonize.deepcombat"}
+                         "paired-unet": "surfharm.harmonize.paired", "deepcombat": "surfharm.harmonize.deepcombat",
+                         "deepharmony": "surfharm.harmonize.volumetric.deep_harmony",
+                         "imunity": "surfharm.harmonize.volumetric.imunity",
+                         "murd": "surfharm.harmonize.volumetric.murd",
+                         "mispel": "surfharm.harmonize.volumetric.mispel",
+                         "calamiti": "surfharm.harmonize.volumetric.calamiti"}
 #: Modules that register several methods at once (loaded by :func:`get` / :func:`available`).
 _LAZY_GROUPS: list[str] = []
 

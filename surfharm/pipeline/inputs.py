@@ -27,8 +27,9 @@ The module functions :func:`check_tables`, :func:`read_cohorts` and :func:`plann
 from __future__ import annotations
 
 import abc
+import re
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -562,12 +563,20 @@ class RoiTableInput(InputSource):
 class VolumeSet:
     """The scans of a NIfTI input: image paths, masks as the volumetric methods take them (None, one
     path for all, or one per scan), the site of each scan (or None) and a table (one row per scan:
-    ``image``, ``subject``, ``site`` when known, covariates)."""
+    ``image``, ``subject``, ``site`` when known, covariates).
 
-    images: list[str]
+    With several contrasts per session (``contrasts`` not empty) each scan is one session: ``images[i]``
+    is ``{contrast: path}``, ``sessions[i]`` its key (the ``<session>`` of ``<session>_<contrast>.nii.gz``)
+    and ``ignored`` the files of the folder that match no contrast (left out).
+    """
+
+    images: list
     masks: object
     sites: list | None
     table: pd.DataFrame
+    contrasts: tuple[str, ...] = ()
+    sessions: list[str] | None = None
+    ignored: list[str] = field(default_factory=list)
 
     @property
     def n_scans(self) -> int:
@@ -579,26 +588,131 @@ class VolumeSet:
 
     def __repr__(self) -> str:
         sites = "unknown" if self.sites is None else len(set(map(str, self.sites)))
+        if self.contrasts:
+            return f"VolumeSet(n_sessions={self.n_scans}, contrasts={list(self.contrasts)}, n_sites={sites})"
         return f"VolumeSet(n_scans={self.n_scans}, n_sites={sites})"
+
+
+#: A contrast name: the BIDS suffix of its files (``T1w``, ``FLAIR``); ``_`` separates it from the session.
+_CONTRAST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+
+
+def contrast_names(value) -> tuple[str, ...]:
+    """``--contrasts`` as a tuple of names: a comma-separated string or a sequence; each name letters,
+    digits and ``-`` (the suffix of ``<session>_<contrast>.nii.gz``), distinct."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    names = tuple(item.strip() for item in items)
+    if not names or names == ("",):
+        return ()
+    bad = [n for n in names if not _CONTRAST_NAME.match(n)]
+    if bad:
+        raise SourceError(f"--contrasts {','.join(names)}: {bad[0]!r} is not a contrast name; expected names of "
+                          "letters, digits and '-', the suffix of the files <session>_<contrast>.nii.gz, e.g. "
+                          "--contrasts T1w,T2w,FLAIR")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SourceError(f"--contrasts {','.join(names)}: {repeated} given more than once")
+    return names
+
+
+def group_sessions(paths, contrasts, *, sort: bool) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Group NIfTI files into sessions by their suffix: ``<session>_<contrast>.nii[.gz]``.
+
+    Parameters
+    ----------
+    paths : list of str
+        the NIfTI files.
+    contrasts : tuple of str
+        the contrast names (the longest matching suffix wins: ``ce-T1w`` before ``T1w``).
+    sort : bool
+        sessions sorted by key (a folder); else in the order of their first file (a list of files).
+
+    Returns
+    -------
+    sessions : dict
+        ``{session: {contrast: path}}`` with every contrast, in ``contrasts`` order.
+    unmatched : list of str
+        the files whose name ends in none of the contrasts.
+
+    Raises SourceError naming the session for two files of one contrast, and every incomplete
+    session with the contrast(s) it lacks.
+    """
+    from surfharm.io.nifti import nifti_stem
+
+    by_length = sorted(contrasts, key=len, reverse=True)
+    found: dict[str, dict[str, str]] = {}
+    unmatched = []
+    for path in paths:
+        stem = nifti_stem(path)
+        contrast = next((c for c in by_length if stem.endswith(f"_{c}") and len(stem) > len(c) + 1), None)
+        if contrast is None:
+            unmatched.append(str(path))
+            continue
+        files = found.setdefault(stem[: -len(contrast) - 1], {})
+        if contrast in files:
+            raise SourceError(f"session {stem[: -len(contrast) - 1]!r} has two {contrast} files: {files[contrast]} "
+                              f"and {path}; keep one")
+        files[contrast] = str(path)
+    incomplete = {key: [c for c in contrasts if c not in files] for key, files in found.items()}
+    incomplete = {key: lacks for key, lacks in incomplete.items() if lacks}
+    if incomplete:
+        shown = "; ".join(f"session {key!r} lacks {', '.join(lacks)} (has {', '.join(found[key])})"
+                          for key, lacks in list(incomplete.items())[:5])
+        more = f"; and {len(incomplete) - 5} more session(s)" if len(incomplete) > 5 else ""
+        raise SourceError(f"{len(incomplete)} incomplete session(s): {shown}{more}. Every session needs one file "
+                          f"<session>_<contrast>.nii[.gz] for each of --contrasts {','.join(contrasts)}; add the "
+                          "missing files or leave the session's files out")
+    keys = sorted(found) if sort else list(found)
+    return {key: {c: found[key][c] for c in contrasts} for key in keys}, unmatched
+
+
+def _subject_of_session(key: str) -> str:
+    """The subject of a session key without a table: its BIDS ``sub-<label>`` entity, else the whole key."""
+    first = key.split("_", 1)[0]
+    return first if first.startswith("sub-") and len(first) > 4 else key
 
 
 @dataclass(kw_only=True)
 class NiftiInput(InputSource):
     """NIfTI volumes (``.nii``/``.nii.gz``) for the volumetric methods.
 
+    One contrast (``contrasts`` empty, the default): every NIfTI file is one scan, written back as
+    ``<scan name>_<method>.nii.gz``.
+
+    Several contrasts per session (``contrasts``, e.g. ``("T1w", "T2w", "FLAIR")``; the deep image methods,
+    whose class declares ``min_contrasts``): the files are grouped into sessions by their BIDS-style
+    suffix, ``<session>_<contrast>.nii[.gz]`` (``sub-01_ses-1_T1w.nii.gz`` is contrast ``T1w`` of session
+    ``sub-01_ses-1``; the longest matching contrast name wins). One session is one scan
+    ``{contrast: path}``, given to the method with ``contrasts=`` these names, and each harmonized contrast
+    is written as ``<session>_<contrast>.nii.gz``. A session lacking a contrast is refused, naming the
+    session and the contrast(s); of a folder, files whose name ends in no contrast (a mask, another
+    contrast) are left out with a note; listed one by one, they are refused. Sessions come in the order
+    of their key (a folder) or of their first file (a list of files).
+
     Attributes
     ----------
     images : tuple[Path, ...]
         NIfTI files, or one folder (every NIfTI in it, sorted by name).
     masks : tuple[Path, ...]
-        brain masks (> 0.5 = brain): one per scan, one for every scan, or a folder holding a
-        mask named like each scan; none: derived from each skull-stripped scan (voxels > 0).
+        brain masks (> 0.5 = brain): one per scan (session), one for every scan, or a folder holding a
+        mask named like each scan (one contrast: the scan's file name; several contrasts:
+        ``<session>_mask.nii.gz`` or ``<session>_mask.nii``); none: derived from each skull-stripped scan
+        (voxels > 0; of a session, from its first contrast).
     sites : tuple
-        the site of each scan, in the order of ``images`` (or a ``site`` column in ``participants``).
+        the site of each scan (session), in the order of ``images`` (or a ``site`` column in
+        ``participants``).
     participants : Path or None
-        a table with a column ``image`` (file name or path) and ``site``, plus covariates.
+        a table with a column ``image`` and ``site``, plus ``subject`` and covariates. ``image`` names
+        each scan by its file name (one contrast) or each session by its ``<session>`` key (several
+        contrasts, e.g. ``sub-01_ses-1``). Without a ``subject`` column the subject is the file name
+        without extension (one contrast), or the session key's ``sub-<label>`` entity, else the whole key.
     control_mask : Path or None
         RAVEL's control (CSF) region mask, read at fit time.
+    contrasts : tuple[str, ...]
+        the contrast names of every session (``--contrasts T1w,T2w``; a comma-separated string is split);
+        empty: one contrast, one file per scan.
     """
 
     name: ClassVar[str] = "nifti"
@@ -610,6 +724,7 @@ class NiftiInput(InputSource):
     masks: tuple[Path, ...] = ()
     sites: tuple = ()
     control_mask: Path | None = None
+    contrasts: tuple[str, ...] = ()
 
     def check(self) -> None:
         self.images, self.masks = _paths(self.images), _paths(self.masks)
@@ -619,6 +734,7 @@ class NiftiInput(InputSource):
         if self.sites and self.participants is not None:
             raise SourceError("give the sites either with --sites or in the table, not both")
         self.control_mask = None if self.control_mask is None else Path(self.control_mask)
+        self.contrasts = contrast_names(self.contrasts)
 
     def describe(self) -> str:
         return f"NIfTI scans {', '.join(str(p) for p in self.images[:3])}{' ...' if len(self.images) > 3 else ''}"
@@ -676,11 +792,7 @@ class NiftiInput(InputSource):
                 table["site"] = list(self.sites)
             table.attrs["source"] = "--images"
             return table
-        given = sio.read_table(self.participants)
-        column = self.site_column or "site"
-        for needed in ("image", column):
-            if needed not in given.columns:
-                raise SourceError(f"{self.participants} has no column {needed!r}; columns: {list(given.columns)}")
+        given = self._given_table()
         by_name = {Path(str(v)).name: i for i, v in enumerate(given["image"])}
         rows = []
         for img in images:
@@ -689,30 +801,144 @@ class NiftiInput(InputSource):
                 raise SourceError(f"{self.participants} has no row for scan {Path(img).name} (column 'image')")
             rows.append(row)
         table = given.iloc[rows].reset_index(drop=True)
-        if column != "site":
-            table = table.drop(columns=["site"], errors="ignore").rename(columns={column: "site"})
         table["image"] = images
         if "subject" not in table.columns:
             table.insert(1, "subject", [nifti_stem(p) for p in images])
-        missing = table.index[table["site"].isna() | (table["site"].astype(str).str.strip() == "")].tolist()
-        if missing:
-            raise SourceError(f"{self.participants}: site is missing for scan(s) "
-                              f"{[Path(images[i]).name for i in missing[:5]]}; every scan needs a site")
+        self._check_sites(table, [Path(p).name for p in images])
         table.attrs["source"] = str(self.participants)
         return table
 
     def scans(self) -> VolumeSet:
         """The scans, their masks, sites and table (checked; no volume read)."""
+        if self.contrasts:
+            return self._sessions()
         images = self.image_paths()
         masks = self.mask_paths(images)
         table = self.scan_table(images)
         sites = table["site"].tolist() if "site" in table.columns else None
         return VolumeSet(images=images, masks=masks, sites=sites, table=table)
 
+    # -- several contrasts per session ------------------------------------------------------------------------
+    def session_files(self) -> tuple[dict[str, dict[str, str]], list[str]]:
+        """``({session: {contrast: path}}, files of the folder matching no contrast)`` (class docstring)."""
+        paths = self.image_paths()
+        folder = len(self.images) == 1 and self.images[0].is_dir()
+        sessions, unmatched = group_sessions(paths, self.contrasts, sort=folder)
+        if unmatched and not folder:
+            raise SourceError(f"--images {unmatched[0]}: the name ends in none of --contrasts "
+                              f"{','.join(self.contrasts)}; expected <session>_<contrast>.nii[.gz]"
+                              + (f" ({len(unmatched) - 1} more such file(s))" if len(unmatched) > 1 else ""))
+        if not sessions:
+            where = self.images[0] if folder else "--images"
+            raise SourceError(f"{where}: no file named <session>_<contrast>.nii[.gz] for --contrasts "
+                              f"{','.join(self.contrasts)} (e.g. sub-01_ses-1_{self.contrasts[0]}.nii.gz)")
+        return sessions, unmatched
+
+    def session_masks(self, keys: list[str]):
+        """``None``, one path for every session, or one per session (a folder: ``<session>_mask.nii[.gz]``)."""
+        if not self.masks:
+            return None
+        if len(self.masks) == 1 and self.masks[0].is_dir():
+            folder = self.masks[0]
+            paths, missing = [], []
+            for key in keys:
+                present = [p for p in (folder / f"{key}_mask.nii.gz", folder / f"{key}_mask.nii") if p.is_file()]
+                if len(present) > 1:
+                    raise SourceError(f"mask folder {folder} holds both {present[0].name} and {present[1].name} "
+                                      f"for session {key!r}; keep one")
+                if not present:
+                    missing.append(key)
+                else:
+                    paths.append(str(present[0]))
+            if missing:
+                raise SourceError(f"mask folder {folder} has no mask for session(s) {missing[:3]}"
+                                  f"{' ...' if len(missing) > 3 else ''}; expected one mask per session named "
+                                  f"<session>_mask.nii.gz (e.g. {missing[0]}_mask.nii.gz)")
+            return paths
+        if len(self.masks) == 1:
+            return str(self.masks[0])
+        if len(self.masks) != len(keys):
+            raise SourceError(f"got {len(self.masks)} masks for {len(keys)} sessions; expected one per session (in "
+                              "the order of the sessions), one for all, or a folder of <session>_mask.nii.gz")
+        return [str(p) for p in self.masks]
+
+    def session_table(self, sessions: dict[str, dict[str, str]]) -> pd.DataFrame:
+        """One row per session: ``image`` (the session key), ``subject``, ``site`` when known, the table's
+        other columns and ``image_<contrast>`` (the file of each contrast)."""
+        keys = list(sessions)
+        if self.participants is None:
+            table = pd.DataFrame({"image": keys, "subject": [_subject_of_session(k) for k in keys]})
+            if self.sites:
+                if len(self.sites) != len(keys):
+                    raise SourceError(f"got {len(self.sites)} --sites labels for {len(keys)} sessions; expected one "
+                                      "per session, in the order of the sessions")
+                table["site"] = list(self.sites)
+            table.attrs["source"] = "--images"
+        else:
+            given = self._given_table()
+            by_key = {str(v).strip(): i for i, v in enumerate(given["image"])}
+            missing = [k for k in keys if k not in by_key]
+            if missing:
+                raise SourceError(f"{self.participants} has no row for session(s) {missing[:3]}"
+                                  f"{' ...' if len(missing) > 3 else ''}; with --contrasts its column 'image' names "
+                                  f"each session by the <session> part of its file names (e.g. {missing[0]})")
+            table = given.iloc[[by_key[k] for k in keys]].reset_index(drop=True)
+            table["image"] = keys
+            if "subject" not in table.columns:
+                table.insert(1, "subject", [_subject_of_session(k) for k in keys])
+            self._check_sites(table, keys)
+            table.attrs["source"] = str(self.participants)
+        for contrast in self.contrasts:
+            table[f"image_{contrast}"] = [sessions[k][contrast] for k in keys]
+        return table
+
+    def _sessions(self) -> VolumeSet:
+        sessions, unmatched = self.session_files()
+        keys = list(sessions)
+        masks = self.session_masks(keys)
+        table = self.session_table(sessions)
+        sites = table["site"].tolist() if "site" in table.columns else None
+        return VolumeSet(images=list(sessions.values()), masks=masks, sites=sites, table=table,
+                         contrasts=self.contrasts, sessions=keys, ignored=unmatched)
+
+    def _given_table(self) -> pd.DataFrame:
+        """The participants table with its site column named ``site`` (both ``image`` and it required)."""
+        given = sio.read_table(self.participants)
+        column = self.site_column or "site"
+        for needed in ("image", column):
+            if needed not in given.columns:
+                raise SourceError(f"{self.participants} has no column {needed!r}; columns: {list(given.columns)}")
+        if column != "site":
+            given = given.drop(columns=["site"], errors="ignore").rename(columns={column: "site"})
+        return given
+
+    def _check_sites(self, table: pd.DataFrame, names: list[str]) -> None:
+        missing = table.index[table["site"].isna() | (table["site"].astype(str).str.strip() == "")].tolist()
+        if missing:
+            raise SourceError(f"{self.participants}: site is missing for scan(s) "
+                              f"{[names[i] for i in missing[:5]]}; every scan needs a site")
+
+    def check_method(self, name: str | None) -> None:
+        """As :meth:`InputSource.check_method`; with ``contrasts``, also refuse a method that takes one volume
+        per scan (only classes declaring ``min_contrasts`` take sessions) or more contrasts than given."""
+        if name and self.contrasts:
+            from surfharm import harmonize
+
+            minimum = getattr(harmonize.get(name), "min_contrasts", None)
+            if minimum is None:
+                raise SourceError(f"--contrasts: method {name!r} takes one volume per scan; sessions of several "
+                                  "contrasts are harmonized by the deep image methods (e.g. deepharmony). Leave "
+                                  "--contrasts out to harmonize every file as one scan")
+            if len(self.contrasts) < minimum:
+                raise SourceError(f"--contrasts {','.join(self.contrasts)}: method {name!r} needs at least "
+                                  f"{minimum} contrasts per session")
+        super().check_method(name)
+
     # -- the protocol -------------------------------------------------------------------------------------------
     def files(self) -> list[tuple[str, Path]]:
         try:
-            images = self.image_paths()
+            images = ([p for files in self.session_files()[0].values() for p in files.values()] if self.contrasts
+                      else self.image_paths())
         except SourceError:
             images = [str(p) for p in self.images]
         files = [("scan", Path(p)) for p in images]
@@ -747,9 +973,18 @@ class NiftiInput(InputSource):
 
     def read(self, *, progress: bool = True, workdir=None) -> dict[str, VolumeSet]:
         scans = self.scans()
+        if scans.ignored:  # said even when quiet: files the user may have meant to include
+            print(f"note: {self._ignored_note(scans.ignored)}", file=sys.stderr, flush=True)
         if progress:
-            print(f"{scans.n_scans} NIfTI scan(s), read one at a time by the method", flush=True)
+            what = (f"session(s) of {len(self.contrasts)} contrasts ({', '.join(self.contrasts)})" if self.contrasts
+                    else "scan(s)")
+            print(f"{scans.n_scans} NIfTI {what}, read one at a time by the method", flush=True)
         return {"volumes": scans}
+
+    def _ignored_note(self, ignored: list[str]) -> str:
+        names = ", ".join(Path(p).name for p in ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+        return (f"{len(ignored)} file(s) of {self.images[0]} end in none of --contrasts {','.join(self.contrasts)} "
+                f"and are left out: {names}")
 
     def spaces(self, space: str) -> tuple[str, ...]:
         if space not in ("ico",):
@@ -773,9 +1008,13 @@ class NiftiInput(InputSource):
     def write(self, data: VolumeSet, harmonized, folder, *, spaces=("ico",), method: str | None = None,
               say=None) -> list[Path]:
         """Each harmonized volume (``harmonized``: one 3-D array per scan, e.g. ``transform_iter``, consumed
-        one at a time) as ``folder/<scan name>_<method>.nii.gz`` with its scan's affine and header."""
+        one at a time) as ``folder/<scan name>_<method>.nii.gz`` with its scan's affine and header; with
+        several contrasts (one dict ``{contrast: array}`` per session), each contrast as
+        ``folder/<session>_<contrast>.nii.gz`` with the affine and header of that contrast's input."""
         from surfharm.io.nifti import save_volume
 
+        if data.contrasts:
+            return self._write_sessions(data, harmonized, folder, say=say)
         outputs = self.outputs_of(data.images, folder, method)
         inputs = [p for _, p in self.files()]
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -786,8 +1025,36 @@ class NiftiInput(InputSource):
                 say(f"wrote {out}")
         return written
 
+    def _write_sessions(self, data: VolumeSet, harmonized, folder, *, say=None) -> list[Path]:
+        from collections.abc import Mapping
+
+        from surfharm.io.nifti import save_volume
+
+        inputs = [p for _, p in self.files()]
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        written = []
+        for key, files, volumes in zip(data.sessions, data.images, harmonized):
+            if not isinstance(volumes, Mapping) or set(volumes) != set(data.contrasts):
+                got = sorted(volumes) if isinstance(volumes, Mapping) else type(volumes).__name__
+                raise SourceError(f"session {key!r}: the method returned {got}, not one volume per contrast "
+                                  f"{list(data.contrasts)}")
+            for contrast in data.contrasts:
+                out = Path(folder) / f"{key}_{contrast}.nii.gz"
+                written.append(save_volume(volumes[contrast], out, like=files[contrast], inputs=inputs))
+                if say is not None:
+                    say(f"wrote {out}")
+        return written
+
     def output_lines(self, out: Path, key: str, spaces) -> list[str]:
-        return [f"  {out / key}/<scan name>_<method>.nii.gz  (one per scan)"]
+        if not self.contrasts:
+            return [f"  {out / key}/<scan name>_<method>.nii.gz  (one per scan)"]
+        lines = [f"  {out / key}/<session>_<contrast>.nii.gz  (one per session and contrast: "
+                 f"{', '.join(self.contrasts)})"]
+        try:
+            ignored = self.session_files()[1]
+        except SourceError:
+            ignored = []
+        return lines + ([f"  note: {self._ignored_note(ignored)}"] if ignored else [])
 
 
 #: Input kinds by their config.json name.

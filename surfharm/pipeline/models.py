@@ -37,7 +37,7 @@ def parse_method(text: str, *, smooth=(), reference_site: str | None = None, pro
             raise ValueError(f"--smooth: method {spec.name!r} has no smooth terms (ComBat has)")
         options.setdefault("smooth_terms", list(smooth))
     if reference_site is not None:
-        key = "reference_site" if "reference_site" in accepted else ("target" if "target" in accepted else None)
+        key = next((k for k in ("reference_site", "target", "target_site") if k in accepted), None)
         if key is None:
             raise ValueError(f"--reference-site: method {spec.name!r} has no reference site")
         options.setdefault(key, reference_site)

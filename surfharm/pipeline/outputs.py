@@ -12,6 +12,10 @@ Run folder (one per hemisphere, or ``roi``; layout of :mod:`surfharm.viz.run_fol
                                   list of the run's files (written last)
     OUT/<key>/report.html         the HTML report
 
+NIfTI scans (key ``volumes``) have no maps, metrics or report: the harmonized volumes lie beside
+table.csv, config.json, the model and run.json, as ``<scan name>_<method>.nii.gz`` (one contrast) or
+``<session>_<contrast>.nii.gz`` (sessions of several contrasts), and run.json lists them.
+
 A run folder holds exactly one complete run (:class:`RunTarget`): the run is written into a hidden
 sibling ``.OUT.<pid>-<random>.staging`` and renamed onto ``OUT`` only when every file is written;
 with ``overwrite`` the previous ``OUT`` is moved aside (``.OUT.<...>.old``) and removed once the new
@@ -283,9 +287,10 @@ def begin_run_folder(folder) -> Path:
     return mark_incomplete(folder)
 
 
-#: Files of a run folder listed in its run.json (what ``surfharm report`` and ``surfharm apply`` read).
+#: Files of a run folder listed in its run.json (what ``surfharm report`` and ``surfharm apply`` read, and the
+#: harmonized NIfTI volumes).
 RUN_FILE_PATTERNS = ("table.csv", "metrics.csv", "config.json", "model.npz", "model.safetensors", "model.json",
-                     "maps/*.npy")
+                     "maps/*.npy", "*.nii.gz")
 
 
 def finish_run_folder(folder) -> Path:

@@ -151,6 +151,7 @@ def apply(source: InputSource, model, out, *, space: str = "ico", report: bool =
     if not Path(model).exists():  # before reading any scan
         raise FileNotFoundError(f"model {model} does not exist; expected a model file (model.npz, "
                                 "model.safetensors) or the output folder of 'surfharm harmonize'")
+    source = with_model_contrasts(source, model, progress=progress)
     source.check_tables()  # before any map is read
     keys = source.keys()
     found = {key: models.find_model(model, key) for key in keys}
@@ -205,14 +206,16 @@ def apply(source: InputSource, model, out, *, space: str = "ico", report: bool =
 # -- NIfTI scans: fitted on the image list, written one volume at a time ----------------------------------------
 
 def volume_side_data(harmonizer, volumes, keep) -> dict:
-    """The side data a volumetric ``harmonizer`` takes: its masks and the kept covariates; refuses
-    covariates for a method that learns no covariate effect."""
+    """The side data a volumetric ``harmonizer`` takes: its masks, the subjects (paired methods) and the kept
+    covariates; refuses covariates for a method that learns no covariate effect."""
     from surfharm import harmonize
 
     if keep and "covariates" not in harmonizer.side_data:
         raise SourceError(f"{harmonizer.registry_name} takes no covariates (it learns no covariate effect); "
                           f"keep none (covariates asked for: {list(keep)})")
-    return harmonize.side_data_for(harmonizer, covariates=volumes.covariates(keep), masks=volumes.masks)
+    subjects = volumes.table["subject"].tolist() if "subject" in volumes.table.columns else None
+    return harmonize.side_data_for(harmonizer, covariates=volumes.covariates(keep), masks=volumes.masks,
+                                   subjects=subjects)
 
 
 def fit_volumes(harmonizer, volumes, keep, *, control_mask=None) -> dict:
@@ -228,15 +231,68 @@ def fit_volumes(harmonizer, volumes, keep, *, control_mask=None) -> dict:
     return side
 
 
+def volume_spec(spec, source):
+    """``spec`` with ``contrasts=`` the input's contrasts (sessions of several contrasts, ``--contrasts``);
+    refuses a method option ``contrasts`` that names others."""
+    from surfharm.evaluate.methods import MethodSpec
+
+    contrasts = tuple(getattr(source, "contrasts", ()) or ())
+    if not contrasts:
+        return spec
+    given = spec.options.get("contrasts")
+    if given is not None and tuple([given] if isinstance(given, str) else given) != contrasts:
+        raise SourceError(f"--method {spec.name}: option contrasts={given!r} differs from --contrasts "
+                          f"{','.join(contrasts)}; give the contrasts once, with --contrasts")
+    return MethodSpec(spec.name, spec.label, {**spec.options, "contrasts": contrasts}, dict(spec.column_kwargs))
+
+
+def model_contrasts(model) -> tuple[str, ...]:
+    """The contrasts of the sessions a volumetric model was fitted on: ``contrasts`` of the config.json beside
+    it (a run of ``--contrasts``), else of the model file when it holds several; ``()`` for a model of
+    one volume per scan (or no volumetric model)."""
+    from surfharm.io.model_files import read_metadata
+
+    try:
+        path = models.find_model(model, "volumes")
+    except FileNotFoundError:
+        return ()
+    config = path.parent / "config.json"
+    if config.is_file():
+        try:
+            return tuple(json.loads(config.read_text()).get("contrasts") or ())
+        except (OSError, ValueError):
+            return ()
+    try:
+        contrasts = read_metadata(path).get("contrasts") or ()
+    except (OSError, ValueError):
+        return ()
+    return tuple(contrasts) if len(contrasts) > 1 else ()
+
+
+def with_model_contrasts(source: InputSource, model, *, progress: bool = False) -> InputSource:
+    """A NIfTI input without contrasts, given the model's (:func:`model_contrasts`) when it was fitted on
+    sessions of several contrasts; any other input as it is."""
+    import dataclasses
+
+    if not source.holds_volumes or getattr(source, "contrasts", ()):
+        return source
+    contrasts = model_contrasts(model)
+    if not contrasts:
+        return source
+    _say(progress, f"contrasts of the model: {', '.join(contrasts)} (files <session>_<contrast>.nii[.gz])")
+    return dataclasses.replace(source, contrasts=contrasts)
+
+
 def _fit_volumes(spec, key, volumes, source, keep, target, result, *, progress, command) -> None:
     kept = list(keep or ())
+    spec = volume_spec(spec, source)
     harmonizer = spec.build()
     _say(progress, f"{key}: {volumes!r}; fitting {spec.display} (keeping {', '.join(kept) or 'no covariates'})")
     side = fit_volumes(harmonizer, volumes, kept, control_mask=source.control_mask)
     folder = target.folder(key)
     options = {k: v for k, v in spec.options.items() if k != "progress"}
     config = {"method": spec.name, "options": options, "keep": kept, "n_scans": volumes.n_scans,
-              "input": source.name}
+              "input": source.name, **({"contrasts": list(volumes.contrasts)} if volumes.contrasts else {})}
     outputs.write_volume_run_folder(folder, volumes.table, config=config,
                                     title=f"surfharm harmonize: {spec.name}, NIfTI scans", command=command)
     result.models[key] = models.save_model(harmonizer, folder)
@@ -251,17 +307,30 @@ def _apply_volumes(path, config, key, volumes, source, target, result, *, progre
     source.check_method(getattr(harmonizer, "registry_name", None))
     name = getattr(harmonizer, "registry_name", "model")
     kept = list(config.get("keep") or ())
+    _check_model_contrasts(harmonizer, volumes, path)
     _say(progress, f"{key}: {volumes!r}; applying {name} from {path}")
     side = volume_side_data(harmonizer, volumes, kept)
     folder = target.folder(key)
+    contrasts = {"contrasts": list(volumes.contrasts)} if volumes.contrasts else {}
     outputs.write_volume_run_folder(folder, volumes.table,
                                     config={**config, "applied_model": str(Path(path).resolve()),
-                                            "n_scans": volumes.n_scans},
+                                            "n_scans": volumes.n_scans, **contrasts},
                                     title=f"surfharm apply: {name}, NIfTI scans", command=command)
     stream = harmonizer.transform_iter(volumes.images, sites=volumes.sites, **side)
     result.maps[key] = _write_harmonized(volumes, stream, folder, ("ico",), source, key, method=name)
     outputs.finish_run_folder(folder)
     result.folders[key], result.models[key] = folder, path
+
+
+def _check_model_contrasts(harmonizer, volumes, path) -> None:
+    """Refuse sessions whose contrasts are not those the model was fitted on (either way, by name)."""
+    fitted = tuple(getattr(harmonizer, "contrasts_", ()) or ())
+    if volumes.contrasts and set(volumes.contrasts) != set(fitted):
+        raise SourceError(f"--contrasts {','.join(volumes.contrasts)}: model {path} was fitted on contrasts "
+                          f"{','.join(fitted)}; give its contrasts (or leave --contrasts out to use them)")
+    if not volumes.contrasts and len(fitted) > 1:
+        raise SourceError(f"model {path} takes sessions of contrasts {','.join(fitted)}: give --contrasts "
+                          f"{','.join(fitted)} and files named <session>_<contrast>.nii[.gz]")
 
 
 def _adapt_new_sites(harmonizer, cohort, kept, allowed: bool, key: str, progress: bool) -> list[str]:

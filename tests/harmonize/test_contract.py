@@ -28,6 +28,7 @@ TINY = {
     "deepcombat": dict(ae_epochs=1, anneal_epochs=2, cycle_epochs=2, ramp_epochs=1, final_epochs=1),
     "cdae": dict(base_channels=4, max_steps=2),
     "paired-unet": dict(depth=2, base_channels=4, max_steps=2),
+    "mispel-sphere": dict(base_channels=4, max_steps=2),
 }
 #: Methods whose input is MR intensities (positive, no covariates).
 VOLUMETRIC = {"zscore", "white-stripe", "nyul", "mica", "ravel", "voxel-combat", "global-scaling-vol"}
@@ -41,7 +42,7 @@ def dataset(name: str, n_scans: int = 24, seed: int = 0):
     """``(X, side data)`` for ``name``: sites 'a'/'b', age/sex covariates, two scans per subject."""
     rng = np.random.default_rng(seed)
     sites = np.array(["a", "b"] * (n_scans // 2), dtype=object)
-    if name in ("s2sgan", "san", "cdae", "paired-unet"):  # vertex maps of icosahedral level 2
+    if name in ("s2sgan", "san", "cdae", "paired-unet", "mispel-sphere"):  # vertex maps of icosahedral level 2
         X = 2.5 + rng.normal(0, 0.3, (n_scans, 162)) + 0.2 * (sites == "b")[:, None]
     elif name in VOLUMETRIC:
         # An image of 300 voxels from dark (CSF-like) to bright, with noise and a site effect.
@@ -57,7 +58,9 @@ def dataset(name: str, n_scans: int = 24, seed: int = 0):
     return X, side
 
 
-METHODS = H.available()
+#: Methods that take the (n_scans, n_features) matrix; the slice-based image methods take whole volumes only
+#: (``matrix_input = False``) and are checked in test_deep_images.py.
+METHODS = [n for n in H.available() if getattr(H.get(n), "matrix_input", True)]
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +185,7 @@ EXPECTED_FAILURES = {
 NEEDS_STRUCTURED_DATA = {
     "s2sgan": "maps of an icosahedral level (162, 642, ... vertices)", "cdae": "maps of an icosahedral level",
     "paired-unet": "maps of an icosahedral level and traveling subjects", "san": "maps of an icosahedral level",
+    "mispel-sphere": "maps of an icosahedral level and traveling subjects",
     "relief": "at least 10 scans per site", "white-stripe": "an MR intensity histogram with a white-matter peak",
     "global-scaling-vol": "positive intensities (it divides by each scan's mean)",
     "nyul": "distinct intensity percentiles per scan", "mica": "distinct intensity quantiles per scan",

@@ -16,12 +16,16 @@ Methods (registry names in brackets; all are :class:`surfharm.harmonize.Harmoniz
 registered, the first time :func:`surfharm.harmonize.get` / :func:`~surfharm.harmonize.available`
 / :func:`~surfharm.harmonize.load` ask for a name it holds.
 
-Deep volumetric methods (DeepHarmony, CALAMITI, ImUnity, MISPEL, MURD, DeepComBat) are not
-implemented yet. Each will be a module of this package holding a :class:`VolumeHarmonizer`
-subclass registered under its name, with its torch modules under ``surfharm/models/``; the
-fixture (:mod:`surfharm.simulate.volumes`), the image metrics (:mod:`surfharm.evaluate.image_metrics`)
-and the benchmark scenario (:mod:`surfharm.evaluate.volumetric_scenario`) already take any
-registered volumetric method. NIfTI reading and writing is :mod:`surfharm.io.nifti`.
+Deep image methods learn 2-D networks on slices (torch): their base is
+:class:`~surfharm.harmonize.volumetric.deep.DeepImageHarmonizer` (slicing in
+:mod:`~surfharm.harmonize.volumetric.slices`, networks in :mod:`surfharm.models.image2d`), and each is a
+module of this package registered lazily by name in :mod:`surfharm.harmonize.base` (this package does
+not import them, so it stays torch-free): DeepHarmony ("deepharmony",
+:mod:`~surfharm.harmonize.volumetric.deep_harmony`); they take whole volumes only (no matrix form),
+so they are not in :data:`VOLUMETRIC_METHODS`. The fixture (:mod:`surfharm.simulate.volumes`) and the
+image metrics (:mod:`surfharm.evaluate.image_metrics`) take any registered volumetric method; the
+benchmark scenario (:mod:`surfharm.evaluate.volumetric_scenario`) those of the matrix form. NIfTI
+reading and writing is :mod:`surfharm.io.nifti`.
 """
 from surfharm.harmonize.volumetric.base import IntensityMapHarmonizer, VolumeHarmonizer
 from surfharm.harmonize.volumetric.mica import MICA

@@ -1,0 +1,143 @@
+"""MISPEL on slices: its two training steps, the traveling-subject checks, checkpoints and harmonization."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from surfharm import harmonize  # noqa: E402
+from surfharm.harmonize.volumetric.mispel import Mispel  # noqa: E402
+from surfharm.simulate.volumes import simulate_multicontrast_cohort  # noqa: E402
+
+CONTRASTS = ("t1", "t2")
+TINY = dict(contrasts=CONTRASTS, base_channels=4, depth=2, batch_size=4)
+TRAIN = ["sub-001", "sub-002"]
+TEST = ["sub-003"]
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    torch.set_num_threads(1)
+    return simulate_multicontrast_cohort(n_scanners=3, n_traveling=3, n_per_scanner=0, contrasts=CONTRASTS,
+                                         held_out=None, step=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def scans(cohort):
+    return cohort.scans()
+
+
+def _rows(cohort, subjects):
+    return np.flatnonzero(cohort.table["subject"].isin(subjects).to_numpy())
+
+
+def _fit(cohort, scans, rows, **params):
+    model = Mispel(**{**TINY, **params})
+    table = cohort.table
+    return model.fit([scans[i] for i in rows], sites=table["site"].to_numpy()[rows],
+                     masks=[cohort.masks[i] for i in rows], subjects=table["subject"].to_numpy()[rows])
+
+
+def _probe(cohort, scans, site="scanner2", subject="sub-003"):
+    i = int(np.flatnonzero((cohort.table["site"] == site) & (cohort.table["subject"] == subject))[0])
+    return [scans[i]], [site], [cohort.masks[i]]
+
+
+def _out(model, probe, **kw):
+    X, sites, masks = probe
+    return model.transform(X, sites=sites, masks=masks, **kw)[0]
+
+
+def _same(a, b):
+    return all(np.array_equal(a[c], b[c]) for c in a)
+
+
+# -- checks ----------------------------------------------------------------------------------------------------
+
+def test_scanners_must_share_subjects(cohort, scans):
+    rows = _rows(cohort, TRAIN)
+    X, masks = [scans[i] for i in rows], [cohort.masks[i] for i in rows]
+    sites, subjects = cohort.table["site"].to_numpy()[rows], cohort.table["subject"].to_numpy()[rows]
+    with pytest.raises(harmonize.HarmonizerInputError, match="subjects="):
+        Mispel(**TINY).fit(X, sites=sites, masks=masks)
+    alone = np.array([f"{s}-{x}" if x == "scanner3" else s for s, x in zip(subjects, sites)], dtype=object)
+    with pytest.raises(harmonize.HarmonizerInputError, match=r"\['scanner3'\] share no subject with any other"):
+        Mispel(**TINY).fit(X, sites=sites, masks=masks, subjects=alone)
+    # A+B share subject a, C+D share subject b: two groups of scanners with no subject in common
+    with pytest.raises(harmonize.HarmonizerInputError, match=r"share no subject: \[\['A', 'B'\], \['C', 'D'\]\]"):
+        Mispel(**TINY).fit(X[:4], sites=["A", "B", "C", "D"], masks=masks[:4], subjects=["a", "a", "b", "b"])
+    with pytest.raises(harmonize.HarmonizerInputError, match="steps_2"):
+        Mispel(**TINY, steps_2=-1).fit(X, sites=sites, masks=masks, subjects=subjects)
+
+
+# -- training steps and checkpoints ----------------------------------------------------------------------------
+
+def test_step_2_trains_the_decoders_only(cohort, scans):
+    rows = _rows(cohort, TRAIN)
+    one = _fit(cohort, scans, rows, steps=2, steps_2=0)
+    both = _fit(cohort, scans, rows, steps=2, steps_2=3)
+    assert [h["stage"] for h in both.history_] == [1.0, 2.0]     # a record at the end of each step
+    a, b = one.networks_.state_dict(), both.networks_.state_dict()
+    encoders = [k for k in a if k.startswith("encoder")]
+    decoders = [k for k in a if k.startswith("decoder")]
+    assert encoders and all(torch.equal(a[k], b[k]) for k in encoders)          # batch-norm buffers included
+    assert all(not torch.equal(a[k], b[k]) for k in decoders if k.endswith("weight"))
+
+
+@pytest.mark.parametrize("first_steps_2", [0, 1])   # stop at the end of step 1, or inside step 2
+def test_resume_across_the_step_boundary_repeats_the_uninterrupted_run(cohort, scans, tmp_path, first_steps_2):
+    rows, probe = _rows(cohort, TRAIN), _probe(cohort, scans)
+    whole = _out(_fit(cohort, scans, rows, steps=2, steps_2=2), probe)
+    checkpoint = tmp_path / "ck.safetensors"
+    part = _fit(cohort, scans, rows, steps=2, steps_2=first_steps_2, checkpoint=checkpoint)
+    assert part.history_[-1]["step"] == 2 + first_steps_2
+    resumed = _fit(cohort, scans, rows, steps=2, steps_2=2, checkpoint=checkpoint, resume=True)
+    assert resumed.history_[-1]["step"] == 4 and resumed.history_[-1]["stage"] == 2.0
+    assert _same(_out(resumed, probe), whole)
+
+
+def test_training_is_deterministic_for_a_seed(cohort, scans):
+    rows, probe = _rows(cohort, TRAIN), _probe(cohort, scans)
+    outs = [_out(_fit(cohort, scans, rows, steps=2, steps_2=1, seed=s), probe) for s in (1, 1, 2)]
+    assert _same(outs[0], outs[1]) and not _same(outs[0], outs[2])
+
+
+# -- a trained model -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fitted(cohort, scans):
+    return _fit(cohort, scans, _rows(cohort, TRAIN), steps=STEPS, steps_2=STEPS, base_channels=8)
+
+
+STEPS = 60
+
+
+def test_both_steps_lower_their_losses(fitted):
+    one = [h for h in fitted.history_ if h["stage"] == 1.0]
+    two = [h for h in fitted.history_ if h["stage"] == 2.0]
+    assert len(one) >= 2 and len(two) >= 2
+    assert one[-1]["loss"] < 0.7 * one[0]["loss"] and one[-1]["variance"] < one[0]["variance"]
+    assert two[-1]["loss"] < two[0]["loss"] and two[-1]["pairwise"] < two[0]["pairwise"]
+    assert fitted.n_pairs_ > 0
+
+
+def test_save_and_load_give_identical_outputs(fitted, cohort, scans, tmp_path):
+    path = fitted.save(tmp_path / "mispel.safetensors")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["method"] == "mispel" and meta["sites"] == ["scanner1", "scanner2", "scanner3"]
+    loaded = harmonize.load(path)
+    assert type(loaded) is Mispel and loaded.get_params() == {**fitted.get_params(), "progress": False}
+    probe = _probe(cohort, scans)
+    assert _same(_out(fitted, probe), _out(loaded, probe))
+    assert _same(_out(fitted, probe, target_site="scanner3"), _out(loaded, probe, target_site="scanner3"))
+    assert harmonize.get("mispel") is Mispel and Mispel.maps_to_any_site
+
+
+def test_any_training_scanner_can_be_the_target_and_unseen_ones_are_refused(fitted, cohort, scans):
+    probe = _probe(cohort, scans, site="scanner2")
+    to1, to3 = _out(fitted, probe), _out(fitted, probe, target_site="scanner3")
+    assert set(to1) == set(CONTRASTS) and not _same(to1, to3)
+    assert _same(_out(fitted, probe, target_site="scanner2"), {c: probe[0][0][c] for c in CONTRASTS})
+    with pytest.raises(harmonize.HarmonizerInputError, match=r"\['scanner9'\] were not seen"):
+        _out(fitted, (probe[0], ["scanner9"], probe[2]))

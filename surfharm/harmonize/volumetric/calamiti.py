@@ -179,7 +179,8 @@ class CalamitiTrainer(SliceTrainer):
             # same beta, only theta can tell the decoder which contrast to draw (with each rebuilt from the other's
             # beta, "draw the contrast not shown" would need no theta at all).
             shared = torch.where(pick[:, None, None, None], beta[:n], beta[n:])
-            rec = decoder(torch.cat([shared, shared]), theta).float()
+            which = torch.cat([a, b])
+            rec = decoder(torch.cat([shared, shared]), theta, which).float()
             rec_loss = masked_l1(rec, xs[:, k:k + 1], m2)
             kl = kl_divergence(mu, logvar)
             probs = torch.softmax(logits, dim=1)
@@ -190,7 +191,7 @@ class CalamitiTrainer(SliceTrainer):
             cycle = torch.zeros((), device=self.device)
             if cfg.cycle_weight > 0 and self.step >= self.cycle_start:
                 target = theta.detach()[perm]                 # another slice's code: a random contrast and site
-                fake = decoder(beta, target).float() * m2[:, None]
+                fake = decoder(beta, target, which[perm]).float() * m2[:, None]
                 fake_in = fake.expand(-1, self.width, -1, -1)
                 mu_fake, _ = theta_enc(fake_in, m2)
                 probs_fake = torch.softmax(beta_enc(fake_in).float(), dim=1)
@@ -357,7 +358,8 @@ class Calamiti(DeepImageHarmonizer):
     def map_slices(self, networks, images, masks, source: int, target: int) -> torch.Tensor:
         beta = self.anatomy(networks, images)
         codes = networks["decoder"].site_theta[target]                     # (n_contrasts, theta_dim)
-        return torch.cat([networks["decoder"](beta, codes[c].expand(len(images), -1)).float()
+        label = torch.zeros(len(images), dtype=torch.long, device=images.device)
+        return torch.cat([networks["decoder"](beta, codes[c].expand(len(images), -1), label + c).float()
                           for c in range(len(self.contrasts_))], dim=1)
 
     @property

@@ -1,4 +1,4 @@
-"""The base of the slice-based deep image harmonizers: :class:`DeepImageHarmonizer`.
+"""The base of the slice-based deep image harmonizers: :class:`~surfharm.harmonize.volumetric.deep.DeepImageHarmonizer`.
 
 A deep image method (DeepHarmony, MISPEL, CALAMITI/HACA3, ImUnity, MURD) learns 2-D (or 2.5-D)
 networks on slices of whole volumes. This base does everything but the networks and their losses:
@@ -180,8 +180,9 @@ class SliceData:
     sites : (N,) int64 site index (in the harmonizer's ``sites_``).
     scans : (N,) int64 index of the scan in the list given to ``fit``.
     positions : (N,) int64 position of the slice along the slicing axis.
-    centre : (C,) int64 channels of each contrast's own slice (:func:`~surfharm.harmonize.volumetric.slices.
-        centre_channels`): ``images[:, centre]`` is the ``(N, C, H, W)`` target of a reconstruction.
+    centre : (C,) int64 channels of each contrast's own slice
+        (:func:`~surfharm.harmonize.volumetric.slices.centre_channels`): ``images[:, centre]`` is the
+        ``(N, C, H, W)`` target of a reconstruction.
     scan_sites : (n_scans,) int64 site index of every scan;  scan_subjects : (n_scans,) labels or None.
     n_sites : number of training sites;  target : index of the target site.
     """
@@ -390,14 +391,26 @@ class DeepImageHarmonizer(VolumeHarmonizer):
         with ``resume=True`` an existing one is read first and training continues exactly where it
         stopped.
 
-    Learned attributes
-    ------------------
-    sites_ : training sites (sorted);  target_ : index of the target in ``sites_``
-    contrasts_ : tuple of str;  n_in_channels_ : channels of a slice, ``len(contrasts) * (2 context + 1)``
-    site_scale_ : (n_sites, n_contrasts) float32, median intensity factor of each site's training scans
-    networks_ : the trained ``nn.ModuleDict`` (eval mode);  network_ : its configuration (JSON, as saved)
-    history_ : per-epoch losses
-    n_pairs_ : matched slices trained on (paired methods; else 0)
+    Attributes
+    ----------
+    sites_ : list
+        Training sites, sorted.
+    target_ : int
+        Index of the target in ``sites_``.
+    contrasts_ : tuple of str
+        The contrasts, in channel order.
+    n_in_channels_ : int
+        Channels of a slice, ``len(contrasts) * (2 context + 1)``.
+    site_scale_ : ndarray, (n_sites, n_contrasts) float32
+        Median intensity factor of each site's training scans.
+    networks_ : torch.nn.ModuleDict
+        The trained networks (eval mode).
+    network_ : dict
+        Their configuration (JSON, as saved).
+    history_ : list of dict
+        Per-epoch losses.
+    n_pairs_ : int
+        Matched slices trained on (paired methods; else 0).
     """
 
     #: Format name written in the model file (e.g. "surfharm-deepharmony"); every method sets its own.

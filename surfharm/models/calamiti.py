@@ -87,10 +87,7 @@ class ContrastEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """``beta (B, n_classes, H, W)``, ``contrast (B,)``, ``theta (B, theta_dim)`` -> image ``(B, 1, H, W)``.
-
-    The decoder's input is ``[beta, one-hot(contrast), theta]``, the last two tiled over the slice: the
-    contrast to draw is given as a label, theta carries the rest (the scanner). Holds ``site_theta``.
+    """``beta (B, n_classes, H, W)``, ``theta (B, theta_dim)`` -> image ``(B, 1, H, W)``; holds ``site_theta``.
 
     Parameters
     ----------
@@ -102,16 +99,12 @@ class Decoder(nn.Module):
     def __init__(self, n_classes: int = 5, theta_dim: int = 2, n_sites: int = 1, n_contrasts: int = 1,
                  depth: int = 3, base_channels: int = 16):
         super().__init__()
-        self.n_contrasts = int(n_contrasts)
-        self.net = UNet2d(n_classes + self.n_contrasts + theta_dim, 1, depth=depth, base_channels=base_channels,
-                          norm="none")
+        self.net = UNet2d(n_classes + theta_dim, 1, depth=depth, base_channels=base_channels, norm="none")
         self.register_buffer("site_theta", torch.zeros(int(n_sites), int(n_contrasts), int(theta_dim)))
 
-    def forward(self, beta: torch.Tensor, theta: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
-        """``contrast``: ``(B,)`` int index of the contrast to draw (in ``0 .. n_contrasts - 1``)."""
-        label = F.one_hot(contrast.long(), self.n_contrasts).to(beta.dtype)
-        codes = torch.cat([label, theta.to(beta.dtype)], dim=1)[:, :, None, None]
-        return self.net(torch.cat([beta, codes.expand(-1, -1, *beta.shape[-2:])], dim=1))
+    def forward(self, beta: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        tiled = theta[:, :, None, None].expand(-1, -1, *beta.shape[-2:])
+        return self.net(torch.cat([beta, tiled.to(beta.dtype)], dim=1))
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

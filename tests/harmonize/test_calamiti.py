@@ -65,7 +65,7 @@ def test_codes_have_the_published_shapes():
     mu, logvar = ContrastEncoder(1, theta_dim=2, base_channels=4)(torch.rand(3, 1, 16, 16), torch.ones(3, 16, 16))
     assert mu.shape == logvar.shape == (3, 2)
     decoder = Decoder(5, 2, n_sites=3, n_contrasts=2, depth=2, base_channels=4)
-    assert decoder(one_hot(logits.detach()), mu.detach(), torch.tensor([0, 1, 1])).shape == (3, 1, 16, 16)
+    assert decoder(one_hot(logits.detach()), mu.detach()).shape == (3, 1, 16, 16)
     assert decoder.site_theta.shape == (3, 2, 2) and "site_theta" in decoder.state_dict()
 
 
@@ -74,7 +74,7 @@ def test_the_contrast_code_reaches_the_decoder_output():
     torch.manual_seed(0)
     decoder = Decoder(5, 2, depth=2, base_channels=4)
     beta = one_hot(torch.randn(1, 5, 16, 16))
-    out = [decoder(beta, torch.tensor([[v, 0.0]]), torch.tensor([0])) for v in (-2.0, 2.0)]
+    out = [decoder(beta, torch.tensor([[v, 0.0]])) for v in (-2.0, 2.0)]
     assert (out[0] - out[1]).abs().mean() > 1e-3
 
 

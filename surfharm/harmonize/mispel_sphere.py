@@ -135,9 +135,7 @@ class MispelSphere(TravelingSubjectsHarmonizer):
         trainer = MispelTrainer(config, torch.from_numpy(z), torch.from_numpy(valid), groups, device=self.device,
                                 checkpoint_path=checkpoint, checkpoint_every=self.checkpoint_every,
                                 progress=self.progress, checkpoint_extra=self._checkpoint_extra)
-        self._resume(trainer, checkpoint)
-        self.history_ = trainer.train()
-        self.networks_ = trainer.networks.eval()
+        self._train(trainer, checkpoint)
         return self
 
     def transform(self, X, *, sites=None, subjects=None, batch_size: int = 8):
@@ -148,15 +146,9 @@ class MispelSphere(TravelingSubjectsHarmonizer):
         maps, ndim, index = self._transform_input(
             X, sites, "each scanner has its own encoder, learned from its traveling subjects")
         z, valid = self._zscore(maps, index)
-        out = maps.copy()
-        device = next(self.networks_.parameters()).device
         ref = self.reference_
-        for start in range(0, len(maps), int(batch_size)):
-            r = np.arange(start, min(start + int(batch_size), len(maps)))
-            with torch.no_grad():
-                zt = self.networks_.harmonize(torch.from_numpy(z[r]).to(device), torch.from_numpy(index[r]).to(device),
-                                              ref).float().cpu().numpy()
-            out[r] = np.where(valid[r][:, None], zt * self.std_[ref] + self.mean_[ref], maps[r])
+        out = self._map_scans(maps, z, valid, index, np.arange(len(maps)), batch_size,
+                              lambda zt, site: self.networks_.harmonize(zt, site, ref))
         return out[:, 0] if ndim == 2 else out
 
     # -- model file ------------------------------------------------------------------------------------

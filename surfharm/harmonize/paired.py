@@ -121,6 +121,26 @@ class TravelingSubjectsHarmonizer(Harmonizer):
                                            f"level {extra.get('level')}; these data have {self.sites_} at level "
                                            f"{self.level_}")
 
+    def _train(self, trainer, checkpoint: Path | None) -> None:
+        """Resume ``trainer`` if asked (see :meth:`_resume`), train it, keep its history and networks."""
+        self._resume(trainer, checkpoint)
+        self.history_ = trainer.train()
+        self.networks_ = trainer.networks.eval()
+
+    def _map_scans(self, maps, z, valid, index, rows, batch_size: int, network) -> np.ndarray:
+        """``maps`` (n, C, V) with the scans ``rows`` replaced by ``network(z, site index)`` (z-scores, as a
+        tensor pair), put into the reference scanner's unit; vertices outside ``valid`` keep their input."""
+        out = maps.copy()
+        device = next(self.networks_.parameters()).device
+        ref = self.reference_
+        for start in range(0, len(rows), int(batch_size)):
+            r = rows[start:start + int(batch_size)]
+            with torch.no_grad():
+                zt = network(torch.from_numpy(z[r]).to(device), torch.from_numpy(index[r]).to(device))
+            zt = zt.float().cpu().numpy()
+            out[r] = np.where(valid[r][:, None], zt * self.std_[ref] + self.mean_[ref], maps[r])
+        return out
+
     def _transform_input(self, X, sites, advice: str) -> tuple[np.ndarray, int, np.ndarray]:
         """Checked maps (n, C, V), X's ndim and the site index of every scan; unseen sites refused."""
         self.check_is_fitted()
@@ -273,9 +293,7 @@ class PairedUNet(TravelingSubjectsHarmonizer):
                                 pairs, unpaired, device=self.device, checkpoint_path=checkpoint,
                                 checkpoint_every=self.checkpoint_every, progress=self.progress,
                                 checkpoint_extra=self._checkpoint_extra)
-        self._resume(trainer, checkpoint)
-        self.history_ = trainer.train()
-        self.networks_ = trainer.networks.eval()
+        self._train(trainer, checkpoint)
         return self
 
     def transform(self, X, *, sites=None, subjects=None, batch_size: int = 8):
@@ -286,16 +304,8 @@ class PairedUNet(TravelingSubjectsHarmonizer):
         maps, ndim, index = self._transform_input(
             X, sites, "the paired mapping exists only for scanners with traveling subjects")
         z, valid = self._zscore(maps, index)
-        out = maps.copy()
         moving = np.flatnonzero(index != self.reference_)
-        device = next(self.networks_.parameters()).device
-        ref = self.reference_
-        for start in range(0, len(moving), int(batch_size)):
-            r = moving[start:start + int(batch_size)]
-            with torch.no_grad():
-                zt = self.networks_(torch.from_numpy(z[r]).to(device),
-                                    torch.from_numpy(index[r]).to(device)).float().cpu().numpy()
-            out[r] = np.where(valid[r][:, None], zt * self.std_[ref] + self.mean_[ref], maps[r])
+        out = self._map_scans(maps, z, valid, index, moving, batch_size, self.networks_)
         return out[:, 0] if ndim == 2 else out
 
     # -- model file ------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch import nn
 from spherical_ops import n_vertices
 from surfharm.models.cdae import (CDAENetwork, CDAEWeights, SiteClassifier, masked_l1_per_scan, masked_mse_per_scan,
                                   pearson_per_scan, weighted_bce)
+from surfharm.training.config import check_run_settings
 from surfharm.training.trainer import Trainer
 
 CDAE_CHECKPOINT_FORMAT = "surfharm-cdae-checkpoint"
@@ -61,22 +62,14 @@ class CDAEConfig:
     amp: bool = True
 
     def __post_init__(self):
-        if self.schedule not in ("piecewise", "cosine", "step", "constant"):
-            raise ValueError(f"schedule must be 'piecewise', 'cosine', 'step' or 'constant', got {self.schedule!r}")
+        check_run_settings(self, ("piecewise", "cosine", "step", "constant"),
+                           ("batch_size", "epochs", "in_channels", "base_channels"))
         if len(self.lr_factors) != len(self.lr_milestones) + 1:
             raise ValueError("lr_factors needs one more value than lr_milestones")
         if self.train_targets not in TRAIN_TARGETS:
             raise ValueError(f"train_targets must be one of {TRAIN_TARGETS}, got {self.train_targets!r}")
-        for name in ("batch_size", "epochs", "in_channels", "base_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.n_sites < 2:
             raise ValueError(f"CDAE needs at least 2 sites, got {self.n_sites}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ValueError(f"max_steps must be a positive int or None, got {self.max_steps!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -8,6 +8,28 @@ from typing import Any
 from surfharm.models import LossWeights
 
 
+def check_run_settings(config, schedules: tuple[str, ...], positive: tuple[str, ...],
+                       max_steps_name: str = "max_steps") -> None:
+    """The checks every training configuration shares; ``ValueError`` naming the setting.
+
+    ``schedule`` one of ``schedules``; the fields named in ``positive`` positive ints; ``max_steps``
+    a positive int or None (called ``max_steps_name`` in the message); ``lr`` a positive finite number.
+    """
+    if config.schedule not in schedules:
+        names = ", ".join(repr(s) for s in schedules[:-1]) + f" or {schedules[-1]!r}"
+        raise ValueError(f"schedule must be {names}, got {config.schedule!r}")
+    for name in positive:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    steps = config.max_steps
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"{max_steps_name} must be a positive int or None, got {steps!r}")
+    lr = config.lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Everything that defines a training run (written into every checkpoint).
@@ -48,16 +70,8 @@ class TrainingConfig:
     amp: bool = True
 
     def __post_init__(self):
-        if self.schedule not in ("step", "cosine", "constant"):
-            raise ValueError(f"schedule must be 'step', 'cosine' or 'constant', got {self.schedule!r}")
-        for name in ("batch_size", "epochs", "in_channels", "depth", "base_channels", "disc_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ValueError(f"max_steps must be a positive int or None, got {self.max_steps!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        check_run_settings(self, ("step", "cosine", "constant"),
+                           ("batch_size", "epochs", "in_channels", "depth", "base_channels", "disc_channels"))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -23,6 +23,7 @@ from torch import nn
 from spherical_ops import n_vertices
 from spherical_ops.nn import IcoUNet
 from surfharm.models.cdae import masked_l1_per_scan, pearson_per_scan
+from surfharm.training.config import check_run_settings
 from surfharm.training.trainer import Trainer
 
 PAIRED_CHECKPOINT_FORMAT = "surfharm-paired-unet-checkpoint"
@@ -53,16 +54,8 @@ class PairedConfig:
     amp: bool = True
 
     def __post_init__(self):
-        if self.schedule not in ("cosine", "step", "constant"):
-            raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {self.schedule!r}")
-        for name in ("batch_size", "epochs", "in_channels", "depth", "base_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ValueError(f"max_steps must be a positive int or None, got {self.max_steps!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        check_run_settings(self, ("cosine", "step", "constant"),
+                           ("batch_size", "epochs", "in_channels", "depth", "base_channels"))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -229,19 +222,10 @@ class MispelConfig:
     amp: bool = True
 
     def __post_init__(self):
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine' (within each step), got {self.schedule!r}")
-        for name in ("batch_size", "epochs", "in_channels", "latent_channels", "base_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_run_settings(self, ("constant", "cosine"),
+                           ("batch_size", "epochs", "in_channels", "latent_channels", "base_channels"))
         if self.n_sites < 2:
             raise ValueError(f"MISPEL needs at least 2 scanners, got {self.n_sites}")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
-                                           or self.max_steps < 1):
-            raise ValueError(f"max_steps must be a positive int or None, got {self.max_steps!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -70,6 +70,7 @@ from surfharm.harmonize.volumetric import slices as sl
 from surfharm.harmonize.volumetric.base import VolumeHarmonizer, _is_single_mask
 from surfharm.io.nifti import (AFFINE_ATOL, Volume, VolumeInputError, check_finite_in_mask, derive_mask, load_mask,
                                load_volume)
+from surfharm.training.config import check_run_settings
 from surfharm.training.trainer import Trainer
 
 # -- the scans -------------------------------------------------------------------------------------------------
@@ -263,17 +264,8 @@ class SliceTrainingConfig:
     amp: bool = True
 
     def __post_init__(self):
-        if self.schedule not in ("constant", "cosine", "step", "piecewise"):
-            raise ValueError(f"schedule must be 'constant', 'cosine', 'step' or 'piecewise', got {self.schedule!r}")
-        for name in ("batch_size", "epochs", "in_channels", "out_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
-                                           or self.max_steps < 1):
-            raise ValueError(f"max_steps (steps) must be a positive int or None, got {self.max_steps!r}")
-        if not (isinstance(self.lr, (int, float)) and np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        check_run_settings(self, ("constant", "cosine", "step", "piecewise"),
+                           ("batch_size", "epochs", "in_channels", "out_channels"), max_steps_name="max_steps (steps)")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))          # tuples -> lists, as the checkpoint stores them

@@ -9,10 +9,12 @@ contrast encoder and a decoder that rebuilds an image from the two codes.
   remove the very intensity level and contrast the code has to carry) pooled over the brain mask to the
   mean and log-variance of a ``theta_dim``-d Gaussian (a VAE code, 2-d as published).
 * :class:`Decoder`: a U-Net (base 16 as published) on ``[beta, theta tiled over the slice]`` to one
-  image channel. No normalisation: an instance normalisation would subtract the spatially constant
-  contribution of the tiled theta, i.e. erase the contrast code. It also holds ``site_theta``, the
-  ``(n_sites, n_contrasts, theta_dim)`` mean contrast code of each training site and contrast (a buffer,
-  filled after training), so that the model file and the checkpoints carry it with the weights.
+  image channel; with ``contrast_label`` the one-hot index of the contrast to draw is tiled beside
+  theta (``[beta, one-hot(contrast), theta]``). No normalisation: an instance normalisation would
+  subtract the spatially constant contribution of the tiled codes, i.e. erase them. It also holds
+  ``site_theta``, the ``(n_sites, n_contrasts, theta_dim)`` mean contrast code of each training site and
+  contrast (a buffer, filled after training), so that the model file and the checkpoints carry it with
+  the weights.
 
 Every module takes channels-first batches ``(B, C, H, W)`` float32; H and W are multiples of
 ``2 ** depth``.
@@ -97,14 +99,23 @@ class Decoder(nn.Module):
     """
 
     def __init__(self, n_classes: int = 5, theta_dim: int = 2, n_sites: int = 1, n_contrasts: int = 1,
-                 depth: int = 3, base_channels: int = 16):
+                 depth: int = 3, base_channels: int = 16, contrast_label: bool = False):
         super().__init__()
-        self.net = UNet2d(n_classes + theta_dim, 1, depth=depth, base_channels=base_channels, norm="none")
+        self.n_contrasts = int(n_contrasts)
+        self.contrast_label = bool(contrast_label)
+        labels = self.n_contrasts if self.contrast_label else 0
+        self.net = UNet2d(n_classes + labels + theta_dim, 1, depth=depth, base_channels=base_channels, norm="none")
         self.register_buffer("site_theta", torch.zeros(int(n_sites), int(n_contrasts), int(theta_dim)))
 
-    def forward(self, beta: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        tiled = theta[:, :, None, None].expand(-1, -1, *beta.shape[-2:])
-        return self.net(torch.cat([beta, tiled.to(beta.dtype)], dim=1))
+    def forward(self, beta: torch.Tensor, theta: torch.Tensor, contrast: torch.Tensor | None = None) -> torch.Tensor:
+        """``contrast``: ``(B,)`` int64 index of the contrast to draw (needed, and used, only with a contrast label)."""
+        code = theta.to(beta.dtype)
+        if self.contrast_label:
+            if contrast is None:
+                raise ValueError("this decoder draws a given contrast: pass the contrast index of every slice")
+            code = torch.cat([F.one_hot(contrast, self.n_contrasts).to(beta.dtype), code], dim=1)
+        tiled = code[:, :, None, None].expand(-1, -1, *beta.shape[-2:])
+        return self.net(torch.cat([beta, tiled], dim=1))
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

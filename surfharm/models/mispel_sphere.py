@@ -58,8 +58,8 @@ class SiteEncoders(nn.Module):
 class SiteDecoders(nn.Module):
     """Per-scanner linear per-vertex decoders.
 
-    ``forward(latent (B, L, V), sites (B,), reference)`` -> ``(rec, harmonized)``, both (B, C, V): each
-    latent decoded by its own scanner's decoder, and by the ``reference`` scanner's decoder.
+    ``forward(latent (B, L, V), sites (B,))`` -> (B, C, V): each latent decoded by its own scanner's decoder
+    (its scanner's *unit output*: MISPEL's harmonized map once step 2 has made the units agree).
     """
 
     def __init__(self, n_sites: int, latent_channels: int, out_channels: int):
@@ -68,16 +68,15 @@ class SiteDecoders(nn.Module):
         self.nets = nn.ModuleDict({str(k): PointwiseLinear(latent_channels, out_channels)
                                    for k in range(int(n_sites))})
 
-    def forward(self, latent: torch.Tensor, sites: torch.Tensor, reference: int):
-        rec = _per_site(self.nets, latent, sites, self.out_channels)
-        return rec, self.nets[str(int(reference))](latent)
+    def forward(self, latent: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
+        return _per_site(self.nets, latent, sites, self.out_channels)
 
 
 class MispelNetworks(nn.Module):
     """The encoders and decoders of every scanner (see the module docstring).
 
-    ``forward(x (B, C, V), sites (B,), reference)`` -> ``(latent, rec, harmonized)``;
-    :meth:`harmonize` is what ``transform`` applies: the reference decoder on each scan's own latent.
+    ``forward(x (B, C, V), sites (B,))`` -> ``(latent (B, L, V), rec (B, C, V))``: each scan's latent and its
+    own scanner's decoding of it. :meth:`harmonize` is what ``transform`` applies.
     """
 
     def __init__(self, n_sites: int, in_channels: int, level: int, latent_channels: int = 6,
@@ -86,10 +85,14 @@ class MispelNetworks(nn.Module):
         self.encoders = SiteEncoders(n_sites, in_channels, level, latent_channels, base_channels)
         self.decoders = SiteDecoders(n_sites, latent_channels, in_channels)
 
-    def forward(self, x: torch.Tensor, sites: torch.Tensor, reference: int):
+    def forward(self, x: torch.Tensor, sites: torch.Tensor):
         latent = self.encoders(x, sites)
-        rec, harmonized = self.decoders(latent, sites, reference)
-        return latent, rec, harmonized
+        return latent, self.decoders(latent, sites)
 
-    def harmonize(self, x: torch.Tensor, sites: torch.Tensor, reference: int) -> torch.Tensor:
-        return self.decoders.nets[str(int(reference))](self.encoders(x, sites))
+    def harmonize(self, x: torch.Tensor, sites: torch.Tensor, decoder: int | None = None) -> torch.Tensor:
+        """Each scan's own scanner's encoder, then its own scanner's decoder (``decoder`` None, MISPEL's
+        output) or the decoder of scanner index ``decoder``: (B, C, V)."""
+        latent = self.encoders(x, sites)
+        if decoder is None:
+            return self.decoders(latent, sites)
+        return self.decoders.nets[str(int(decoder))](latent)

@@ -12,6 +12,17 @@ content encoder halves them twice).
 - :class:`MappingNetwork`: ``n_layers`` shared fully connected layers (ReLU) from a ``latent_dim``
   noise vector, one linear head per site: ``(B, latent_dim) -> (B, n_sites, style_dim)``
   (published: 16-d noise, 6 layers of 128).
+
+The style encoder and the mapping network start from He initialisation (:func:`he_init`: Kaiming-normal
+weights for a fan-in and ReLU, zero biases; StarGAN v2's code initialises all its networks so, here only
+these two: with it everywhere the discriminator's loss rose to 5-15 within 60 steps). With PyTorch's
+default initialisation the variance of a signal falls about threefold per layer: through the mapping
+network's 7 layers the codes of two noise vectors came out about 0.002 apart for codes of about 0.05
+(per entry), and the style encoder's codes of different slices about 0.0004 apart, so the generator
+ignored the style (after 60 training steps on a small cohort, one content code decoded with two noise
+vectors' codes gave slices 0.04-0.07 % apart, relative to the slice's mean intensity; with He
+initialisation 13-99 %, three seeds). The mapping network's learning rate is 1/100 of the others'
+(published), so it stays close to its initialisation.
 - :class:`Generator`: the content code and a style code tiled over the content grid: ``n_res``
   residual blocks, each fed the concatenation of its input with the tiled style, then two nearest
   2x upsamplings with 5x5 convolutions (``2 base``, ``base``) and a 7x7 output convolution:
@@ -25,6 +36,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def he_init(module: nn.Module) -> None:
+    """He initialisation of a convolution or linear layer (Kaiming-normal, fan-in, ReLU gain; zero bias);
+    other modules are left as they are. Use as ``network.apply(he_init)``."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def pick(out: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
@@ -86,6 +106,7 @@ class StyleEncoder(nn.Module):
         layers.append(nn.LeakyReLU(0.2))
         self.net = nn.Sequential(*layers)
         self.heads = nn.ModuleList(nn.Linear(ch, int(style_dim)) for _ in range(int(n_sites)))
+        self.apply(he_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.net(x).mean(dim=(2, 3))
@@ -105,6 +126,7 @@ class MappingNetwork(nn.Module):
             width = int(hidden)
         self.shared = nn.Sequential(*layers)
         self.heads = nn.ModuleList(nn.Linear(width, int(style_dim)) for _ in range(int(n_sites)))
+        self.apply(he_init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.shared(z)
@@ -155,4 +177,4 @@ class ReferenceStyles(nn.Module):
 
 
 __all__ = ["ContentEncoder", "Generator", "MappingNetwork", "ReferenceStyles", "ResBlock", "StyleEncoder",
-           "StyleResBlock", "pick"]
+           "StyleResBlock", "he_init", "pick"]

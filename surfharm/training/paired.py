@@ -199,7 +199,9 @@ class MispelConfig:
 
     ``epochs`` and ``max_steps`` apply to each of the two steps (published: 100 epochs each); the
     loss weights are the published ones (step 1: ``variance`` x latent variance + ``reconstruction_1`` x
-    L1; step 2: ``reconstruction_2`` x L1 + ``harmonization`` x mean pairwise L1).
+    L1; step 2: ``reconstruction_2`` x L1 + ``harmonization`` x mean pairwise L1 between the subject's
+    scans, each decoded by its own scanner's decoder). ``reference`` is the harmonizer's reference
+    scanner, kept with the run; the training itself does not depend on it.
     """
 
     level: int
@@ -337,16 +339,15 @@ class MispelTrainer(Trainer):
         n_groups = rows.shape[0]
         if stage == 1:
             with self._autocast():
-                latent, rec, harmonized = (self.networks if plain else self._ddp)(x, k, cfg.reference)
+                latent, rec = (self.networks if plain else self._ddp)(x, k)
         else:
             with torch.no_grad(), self._autocast():
                 latent = self.networks.encoders(x, k)
             if self._ddp_decoders is None and not plain:
                 self._ddp_decoders = self._wrap_distributed(self.networks.decoders)
             with self._autocast():
-                decoders = self.networks.decoders if plain else self._ddp_decoders
-                rec, harmonized = decoders(latent, k, cfg.reference)
-        latent, rec, harmonized = latent.float(), rec.float(), harmonized.float()
+                rec = (self.networks.decoders if plain else self._ddp_decoders)(latent, k)
+        latent, rec = latent.float(), rec.float()
         size = torch.zeros(n_groups, device=self.device).index_add(0, g, torch.ones_like(g, dtype=torch.float32))
         # Vertices inside cortex in every scan of the subject.
         inside = torch.zeros(n_groups, mask.shape[1], device=self.device).index_add(0, g, mask.float())
@@ -369,7 +370,8 @@ class MispelTrainer(Trainer):
         pair_group = g[first]
         pair_count = torch.zeros(n_groups, device=self.device).index_add(
             0, pair_group, torch.ones_like(pair_group, dtype=torch.float32))
-        pairwise = per_group(masked_mean((harmonized[first] - harmonized[second]).abs(), inside[pair_group]),
+        # Each scan decoded by its own scanner's decoder (as published): step 2 makes the units' outputs agree.
+        pairwise = per_group(masked_mean((rec[first] - rec[second]).abs(), inside[pair_group]),
                              pair_group, pair_count)
         variance, rec_l1, pairwise = variance.mean(), rec_l1.mean(), pairwise.mean()
         if stage == 1:

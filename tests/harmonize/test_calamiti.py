@@ -78,6 +78,19 @@ def test_the_contrast_code_reaches_the_decoder_output():
     assert (out[0] - out[1]).abs().mean() > 1e-3
 
 
+def test_the_contrast_label_chooses_what_the_decoder_draws():
+    torch.manual_seed(0)
+    decoder = Decoder(5, 2, n_contrasts=2, depth=2, base_channels=4, contrast_label=True)
+    beta, theta = one_hot(torch.randn(2, 5, 16, 16)), torch.zeros(2, 2)
+    t1, t2 = decoder(beta, theta, torch.tensor([0, 0])), decoder(beta, theta, torch.tensor([1, 1]))
+    assert (t1 - t2).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="contrast index"):
+        decoder(beta, theta)
+    # the published decoder (theta alone) has no label input: 5 + 2 channels, against 5 + 2 + 2
+    assert Decoder(5, 2, n_contrasts=2, depth=2).net.encoder.stem[0].in_channels == 7
+    assert decoder.net.encoder.stem[0].in_channels == 9
+
+
 # -- inputs ---------------------------------------------------------------------------------------------------
 
 def test_inputs_are_refused_with_clear_messages(cohort, quick):
@@ -91,6 +104,8 @@ def test_inputs_are_refused_with_clear_messages(cohort, quick):
         quick.transform([{"t1": scans[0]["t1"]}], sites=["scanner2"], masks=[cohort.masks[0]])
     with pytest.raises(harmonize.HarmonizerInputError, match="temperature"):
         Calamiti(**TINY, temperature=0.0).fit([scans[i] for i in rows], sites=cohort.sites[rows])
+    with pytest.raises(harmonize.HarmonizerInputError, match="contrast_label must be True or False"):
+        Calamiti(**TINY, contrast_label="yes").fit([scans[i] for i in rows], sites=cohort.sites[rows])
     assert harmonize.get("calamiti") is Calamiti and "calamiti" in harmonize.available()
     assert Calamiti.min_contrasts == 2 and Calamiti.supports_unseen_sites and Calamiti.maps_to_any_site
     assert not Calamiti.needs_pairs                                      # no traveling subject is needed
@@ -123,6 +138,24 @@ def test_save_and_load_give_identical_outputs(cohort, quick, tmp_path):
     np.testing.assert_array_equal(loaded.site_theta_, quick.site_theta_)
     _, scan, mask = _one_scan(cohort, "scanner2")
     a = quick.transform([scan], sites=["scanner2"], masks=[mask])[0]
+    b = loaded.transform([scan], sites=["scanner2"], masks=[mask])[0]
+    for c in CONTRASTS:
+        np.testing.assert_array_equal(a[c], b[c])
+
+
+def test_the_published_decoder_is_kept_and_older_model_files_load(cohort, tmp_path):
+    rows = _train_rows(cohort, ["sub-001", "sub-004", "sub-006"])
+    published = _fit(cohort, rows, steps=2, contrast_label=False)
+    assert published.network_["contrast_label"] is False
+    path = published.save(tmp_path / "cal.safetensors")
+    # a file written before the option existed: neither the parameter nor the network key
+    meta = json.loads(path.with_suffix(".json").read_text())
+    del meta["params"]["contrast_label"], meta["network"]["contrast_label"]
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    loaded = harmonize.load(path)
+    assert loaded.networks_["decoder"].contrast_label is False
+    _, scan, mask = _one_scan(cohort, "scanner2")
+    a = published.transform([scan], sites=["scanner2"], masks=[mask])[0]
     b = loaded.transform([scan], sites=["scanner2"], masks=[mask])[0]
     for c in CONTRASTS:
         np.testing.assert_array_equal(a[c], b[c])
@@ -184,9 +217,46 @@ def test_losses_fall_and_the_cycle_term_runs(trained):
     assert first["cycle"] == 0 and last["cycle"] > 0                 # the cycle term starts with the second epoch
 
 
+def _fused_classes(model, scan, mask):
+    """The fused anatomy class of every brain voxel of a scan's slices and its true tissue (1 CSF, 2 GM, 3 WM)."""
+    probs, masks = _beta_probs(model, scan, mask)
+    return np.moveaxis(probs.mean(0), 1, -1)[masks].argmax(-1), masks
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="at CPU scale (300 steps) the anatomy code stays near-uniform and is not "
-                   "shared by the contrasts; a known weakness of this implementation")
+def test_beta_classes_follow_the_tissue(cohort, trained):
+    from sklearn.metrics import normalized_mutual_info_score
+
+    i, scan, mask = _one_scan(cohort, "scanner2")           # a held-out subject
+    classes, masks = _fused_classes(trained, scan, mask)
+    geometry = sl.slice_geometry(mask.shape, trained.slice_axis, trained.pad_depth(), 0)
+    tissue, _, _ = sl.volume_to_slices(cohort.tissue[i].astype(np.float32), mask, geometry)
+    truth = np.rint(tissue[:, 0][masks]).astype(int)
+    # measured (300 steps): NMI 0.19 with the contrast label; 0.02 with the published decoder (theta alone)
+    assert normalized_mutual_info_score(truth, classes) > 0.1
+
+
+@pytest.mark.slow
+def test_a_subject_harmonized_from_two_scanners_agrees_and_keeps_its_anatomy(cohort, trained):
+    # The held-out subject from a training scanner and from the scanner never seen: the two harmonized scans
+    # must be far closer to each other than the raw ones (measured 0.013 / 0.011 against 0.16 / 0.07) and
+    # still show the subject (correlation with its scanner1 scan, measured 0.72 / 0.62; a collapsed code
+    # agrees too, but gave 0.42 / -0.16).
+    (_, s2, m2), (_, s3, m3) = _one_scan(cohort, "scanner2"), _one_scan(cohort, cohort.held_out_site)
+    _, target, target_mask = _one_scan(cohort, "scanner1")
+    o2 = trained.transform([s2], sites=["scanner2"], masks=[m2])[0]
+    o3 = trained.transform([s3], sites=[cohort.held_out_site], masks=[m3])[0]
+    both = m2 & m3
+    for c in CONTRASTS:
+        raw = _relative_error(s2[c] / sl.intensity_factor(s2[c], m2), s3[c] / sl.intensity_factor(s3[c], m3), both)
+        assert _relative_error(o2[c], o3[c], both) < 0.3 * raw, c
+        inside = m2 & target_mask
+        assert np.corrcoef(o2[c][inside], target[c][inside])[0, 1] > 0.5, c
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="at CPU scale (300 steps) the anatomy code stays soft (mean top-class "
+                   "probability 0.42) and the contrasts' classes agree on 86 % of voxels, not 90 %")
 def test_beta_is_one_hot_and_shared_by_the_contrasts(cohort, trained):
     _, scan, mask = _one_scan(cohort, "scanner2")          # a held-out subject
     probs, masks = _beta_probs(trained, scan, mask)
@@ -198,7 +268,8 @@ def test_beta_is_one_hot_and_shared_by_the_contrasts(cohort, trained):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="at CPU scale the harmonized scans are farther from the target scanner's than "
-                   "the identity (measured relative MAE about 0.18 against 0.06-0.11)")
+                   "the identity (relative MAE 0.14-0.15 against 0.06-0.11); on this 4 mm grid even an oracle "
+                   "5-class code with the target scan's own class intensities gives 0.06 (module docstring)")
 def test_held_out_traveling_subject_moves_towards_the_target_scanner(cohort, trained):
     j, target, target_mask = _one_scan(cohort, "scanner1")
     for site in ("scanner2", cohort.held_out_site):       # a training scanner and the one never seen

@@ -1,7 +1,9 @@
-"""ImUnity: the contrast augmentation, the networks, training, harmonization to seen and unseen scanners."""
+"""ImUnity: the contrast augmentation, the networks, training, harmonization to seen and unseen scanners, the
+biological-preservation module and the covariates it learns from."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,9 +16,10 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from surfharm import harmonize  # noqa: E402
 from surfharm.harmonize.volumetric import slices as sl  # noqa: E402
+from surfharm.harmonize.volumetric.deep import image_covariates  # noqa: E402
 from surfharm.harmonize.volumetric.imunity import ImUnity  # noqa: E402
 from surfharm.models.imunity import (AnatomyEncoder, ContrastAugment, ContrastDecoder, ContrastEncoder,  # noqa: E402
-                                     SiteClassifier, grad_reverse)
+                                     CovariateHead, SiteClassifier, grad_reverse)
 from surfharm.simulate.volumes import simulate_multicontrast_cohort  # noqa: E402
 
 TINY = dict(depth=3, base_channels=8, code_dim=4, critic_layers=2, critic_channels=8, batch_size=8)
@@ -45,11 +48,15 @@ def _row(cohort, subject, site):
     return int(np.flatnonzero((t["subject"] == subject).to_numpy() & (t["site"] == site).to_numpy())[0])
 
 
-def _fit(cohort, rows=None, **params):
+def _fit(cohort, rows=None, covariates=None, **params):
     rows = _train_rows(cohort) if rows is None else rows
     model = ImUnity(contrasts=tuple(cohort.contrasts), **{**TINY, **params})
     return model.fit(_scans(cohort, rows), sites=cohort.table["site"].to_numpy()[rows],
-                     masks=[cohort.masks[i] for i in rows])
+                     masks=[cohort.masks[i] for i in rows], covariates=covariates)
+
+
+def _covariates(cohort, rows):
+    return cohort.table[["age", "sex"]].iloc[rows].reset_index(drop=True)
 
 
 def _relative_error(out, target, mask):
@@ -90,6 +97,13 @@ def test_network_shapes_and_gradient_reversal():
     assert mu.shape == logvar.shape == (3, 5)
     assert ContrastDecoder(2, code_dim=5, depth=3, base_channels=4)(feats, mu).shape == (3, 2, 32, 24)
     assert SiteClassifier(32, 4)(feats[-1]).shape == (3, 4)
+    head = CovariateHead(32, 2)
+    head.mean.copy_(torch.tensor([50.0, 0.5]))
+    head.scale.copy_(torch.tensor([10.0, 0.5]))
+    assert head(feats[-1]).shape == (3, 2)
+    values = torch.tensor([[70.0, 1.0]])
+    torch.testing.assert_close(head.standardise(values), torch.tensor([[2.0, 1.0]]))
+    torch.testing.assert_close(head.to_units(head.standardise(values)), values)
     v = torch.ones(4, requires_grad=True)
     (2 * grad_reverse(v, 0.5)).sum().backward()
     torch.testing.assert_close(v.grad, torch.full((4,), -1.0))
@@ -123,7 +137,10 @@ def test_fit_transform_save_load_and_an_unseen_scanner(cohort, tmp_path):
     copy = clone(model)
     assert copy.get_params() == model.get_params() and not hasattr(copy, "networks_")
     assert harmonize.get("imunity") is ImUnity and ImUnity.supports_unseen_sites and ImUnity.maps_to_any_site
-    assert ImUnity.metadata_names() == ("sites", "masks", "subjects")
+    assert ImUnity.metadata_names() == ("sites", "masks", "subjects", "covariates")
+    routing = ImUnity().get_metadata_routing()
+    for method in ("fit", "transform"):
+        assert getattr(routing, method).requests["covariates"] is True
 
 
 def test_training_is_deterministic_and_resumes_exactly(cohort, tmp_path):
@@ -150,6 +167,110 @@ def test_parameters_are_checked(cohort):
         _fit(cohort, rows, steps=1, max_gamma=0.5)
     with pytest.raises(harmonize.HarmonizerInputError, match="confusion_weight"):
         _fit(cohort, rows, steps=1, confusion_weight=-1)
+
+
+# -- the biological-preservation module and its covariates -------------------------------------------------
+
+def test_covariates_are_checked(cohort):
+    rows = _train_rows(cohort)[:4]
+    table = _covariates(cohort, rows)
+
+    def fit(covariates, **params):
+        return _fit(cohort, rows, covariates=covariates, steps=1, **params)
+
+    with pytest.raises(harmonize.HarmonizerInputError, match=r"covariates have 3 rows but X has 4 scans; expected "
+                                                             r"one row per scan \(4\)"):
+        fit(table.iloc[:3])
+    with pytest.raises(harmonize.HarmonizerInputError, match=r"covariate 'age' is missing \(NaN\) or infinite at "
+                                                             r"scans \[2\] \(1 in all\)"):
+        fit(table.assign(age=table["age"].where(table.index != 2)))
+    with pytest.raises(harmonize.HarmonizerInputError, match="covariate 'sex' is not numeric"):
+        fit(table.assign(sex=["F", "M", "F", "M"]))
+    with pytest.raises(harmonize.HarmonizerInputError, match="covariate 'x1' is not numeric .*'F'"):
+        fit(np.array([[30, "F"]] * 4, dtype=object))
+    with pytest.raises(harmonize.HarmonizerInputError, match="2-D"):
+        fit(np.zeros((4, 2, 1)))
+    with pytest.raises(harmonize.HarmonizerInputError, match="no column"):
+        fit(table[[]])
+    with pytest.raises(harmonize.HarmonizerInputError, match="bio_weight=0.5 .*give covariates="):
+        fit(None, bio_weight=0.5)
+    with pytest.raises(harmonize.HarmonizerInputError, match="bio_weight must be"):
+        fit(table, bio_weight=-1.0)
+    with pytest.raises(harmonize.HarmonizerInputError, match="batch_size >= 2"):
+        fit(table, bio_weight=1.0, batch_size=1)
+    with pytest.raises(harmonize.HarmonizerInputError, match="covariate 'sex' is 0 for every training scan"):
+        fit(table.assign(sex=0), bio_weight=1.0)
+    # accepted: arrays (columns x0, x1...), one covariate as 1-D, booleans and object columns of numbers as numbers
+    values, names = image_covariates(np.array([[30, 1], [40, 0]]), 2)
+    assert names == ("x0", "x1") and values.dtype == np.float64 and values.tolist() == [[30, 1], [40, 0]]
+    assert image_covariates([30.5, 40.0], 2)[1] == ("x0",)
+    values, names = image_covariates(pd.DataFrame({"age": np.array([30, 41.5], dtype=object),
+                                                   "female": [True, False]}, index=[7, 3]), 2)
+    assert names == ("age", "female") and values.tolist() == [[30, 1], [41.5, 0]]
+    assert image_covariates(None, 2) == (None, ())
+
+
+def test_without_bio_weight_covariates_change_nothing(cohort):
+    rows = _train_rows(cohort)[:4]
+    plain = _fit(cohort, rows, steps=4, seed=1)
+    given = _fit(cohort, rows, covariates=_covariates(cohort, rows), steps=4, seed=1)
+    assert "bio" not in given.networks_ and "covariates" not in given.network_
+    assert given.covariate_names_ == ("age", "sex") and plain.covariate_names_ == ()
+    assert given.history_ == plain.history_ and "bio" not in given.history_[-1]
+    for key, value in plain.networks_.state_dict().items():
+        assert torch.equal(value, given.networks_.state_dict()[key]), key
+    src = _row(cohort, TEST_SUBJECTS[0], "scanner2")
+    X, masks = _scans(cohort, [src]), [cohort.masks[src]]
+    out, again = (m.transform(X, sites=["scanner2"], masks=masks)[0] for m in (plain, given))
+    for c in cohort.contrasts:
+        np.testing.assert_array_equal(out[c], again[c])
+
+
+def test_bio_module_trains_round_trips_and_resumes(cohort, tmp_path):
+    rows = _train_rows(cohort)[:4]
+    covariates = _covariates(cohort, rows)
+    model = _fit(cohort, rows, covariates=covariates, steps=45, bio_weight=1.0)
+    first, last = model.history_[0], model.history_[-1]
+    assert len(model.history_) >= 3 and last["bio"] < first["bio"], model.history_
+    head = model.networks_["bio"]
+    assert isinstance(head, CovariateHead) and model.network_["covariates"] == ["age", "sex"]
+    np.testing.assert_allclose(head.mean.numpy(), covariates.mean().to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(head.scale.numpy(), covariates.std(ddof=0).to_numpy(), rtol=1e-6)
+    # save / load: the head, its standardisation and the outputs come back
+    src = _row(cohort, TEST_SUBJECTS[0], "scanner2")
+    X, masks = _scans(cohort, [src]), [cohort.masks[src]]
+    out = model.transform(X, sites=["scanner2"], masks=masks, covariates=covariates.iloc[:1])[0]
+    path = model.save(tmp_path / "bio.safetensors")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["covariates"] == ["age", "sex"] and meta["params"]["bio_weight"] == 1.0
+    loaded = harmonize.load(path)
+    assert loaded.covariate_names_ == ("age", "sex") and loaded.get_params() == model.get_params()
+    for key, value in model.networks_["bio"].state_dict().items():
+        assert torch.equal(value, loaded.networks_["bio"].state_dict()[key]), key
+    again = loaded.transform(X, sites=["scanner2"], masks=masks)[0]
+    for c in cohort.contrasts:
+        np.testing.assert_array_equal(again[c], out[c])
+    # an interrupted run with the module resumes exactly
+    whole = _fit(cohort, rows, covariates=covariates, steps=4, seed=1, bio_weight=1.0)
+    checkpoint = tmp_path / "ck.safetensors"
+    _fit(cohort, rows, covariates=covariates, steps=2, seed=1, bio_weight=1.0, checkpoint=checkpoint)
+    resumed = _fit(cohort, rows, covariates=covariates, steps=4, seed=1, bio_weight=1.0, checkpoint=checkpoint,
+                   resume=True)
+    assert resumed.history_[-1]["step"] == 4 and "bio" in resumed.history_[-1]
+    for key, value in whole.networks_.state_dict().items():
+        assert torch.equal(value, resumed.networks_.state_dict()[key]), key
+    # the head's gradient reaches the anatomy encoder (the only difference from a run without the module), and
+    # building the head leaves the other networks' seeded initial weights as they were
+    plain = _fit(cohort, rows, covariates=covariates, steps=4, seed=1)
+    assert not all(torch.equal(a, b) for a, b in zip(plain.networks_["anatomy"].parameters(),
+                                                     whole.networks_["anatomy"].parameters()))
+    torch.manual_seed(0)
+    with_head = model.build_networks(whole.network_)
+    torch.manual_seed(0)
+    without = model.build_networks(plain.network_)
+    assert set(with_head) - set(without) == {"bio"}
+    for key, value in without.state_dict().items():
+        assert torch.equal(value, with_head.state_dict()[key]), key
 
 
 # -- what training achieves (slow: two models of a few hundred steps) ----------------------------------------

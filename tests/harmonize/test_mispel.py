@@ -1,4 +1,5 @@
 """MISPEL on slices: its two training steps, the traveling-subject checks, checkpoints and harmonization."""
+import copy
 import json
 
 import numpy as np
@@ -7,7 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from surfharm import harmonize  # noqa: E402
+from surfharm.harmonize.volumetric import slices as sl  # noqa: E402
 from surfharm.harmonize.volumetric.mispel import Mispel  # noqa: E402
+from surfharm.io import model_files  # noqa: E402
 from surfharm.simulate.volumes import simulate_multicontrast_cohort  # noqa: E402
 
 CONTRASTS = ("t1", "t2")
@@ -128,16 +131,111 @@ def test_save_and_load_give_identical_outputs(fitted, cohort, scans, tmp_path):
     assert meta["method"] == "mispel" and meta["sites"] == ["scanner1", "scanner2", "scanner3"]
     loaded = harmonize.load(path)
     assert type(loaded) is Mispel and loaded.get_params() == {**fitted.get_params(), "progress": False}
+    assert meta["params"]["output"] == "own" and loaded.output == "own"
     probe = _probe(cohort, scans)
     assert _same(_out(fitted, probe), _out(loaded, probe))
     assert _same(_out(fitted, probe, target_site="scanner3"), _out(loaded, probe, target_site="scanner3"))
     assert harmonize.get("mispel") is Mispel and Mispel.maps_to_any_site
+    # output="target" is written and read back too
+    target_path = _with_output(fitted, "target").save(tmp_path / "target.safetensors")
+    loaded = harmonize.load(target_path)
+    assert loaded.output == "target" and _same(_out(loaded, probe), _out(_with_output(fitted, "target"), probe))
+    # A file without the parameter maps with the target's decoder, as such files did when written.
+    arrays, meta = model_files.read_safetensors(path)
+    del meta["params"]["output"]
+    model_files.write_safetensors(path, {k: torch.from_numpy(v) for k, v in arrays.items()}, meta)
+    assert harmonize.load(path).output == "target"
+
+
+def _with_output(model, output):
+    """The fitted ``model`` with ``output`` set (networks shared; ``output`` is read by ``transform`` only)."""
+    other = copy.copy(model)
+    other.output = output
+    return other
+
+
+def _own_unit_pass(model, probe, site_index, target_index):
+    """The probe scan through the encoder and decoder of site index ``site_index``, by hand, in the unit of
+    ``target_index``: {contrast: (X, Y, Z)}."""
+    (scan,), _, (mask,) = probe
+    data = np.stack([np.asarray(scan[c], np.float32) for c in model.contrasts_])
+    factors = np.array([sl.intensity_factor(d, mask, model.percentile) for d in data])
+    geometry = sl.slice_geometry(data.shape[1:], model.slice_axis, model.pad_depth(), model.context)
+    images, _, positions = sl.volume_to_slices(data / factors[:, None, None, None], mask, geometry)
+    with torch.no_grad():
+        latent = model.networks_[f"encoder{site_index}"](torch.from_numpy(images))
+        slices = model.networks_[f"decoder{site_index}"](latent).numpy()
+    volume = sl.slices_to_volume(slices, positions, geometry, mask)
+    volume = volume * model.site_scale_[target_index][:, None, None, None]
+    return {c: volume[j] for j, c in enumerate(model.contrasts_)}
+
+
+def _close(a, b):
+    for c in a:
+        np.testing.assert_allclose(a[c], b[c], rtol=1e-4, atol=1e-4 * float(np.abs(b[c]).max()), err_msg=c)
+
+
+def test_the_default_output_is_each_scanners_own_unit(fitted, cohort, scans):
+    assert fitted.output == "own"
+    probe = _probe(cohort, scans, site="scanner2")
+    own, target = _out(fitted, probe), _out(_with_output(fitted, "target"), probe)
+    # scanner2's scan through scanner2's encoder and decoder, in the target scanner1's unit
+    _close(own, _own_unit_pass(fitted, probe, site_index=1, target_index=0))
+    # "target": scanner2's encoder, scanner1's decoder
+    with pytest.raises(AssertionError):
+        _close(target, own)
+    (scan,), _, (mask,) = probe
+    for c in CONTRASTS:
+        assert np.isfinite(own[c]).all() and (own[c][~mask] == 0).all()
+    # Another target_site changes the unit only: the same image up to one factor per contrast.
+    to3 = _out(fitted, probe, target_site="scanner3")
+    for j, c in enumerate(CONTRASTS):
+        ratio = fitted.site_scale_[2, j] / fitted.site_scale_[0, j]
+        np.testing.assert_allclose(to3[c], own[c] * ratio, rtol=1e-4, atol=1e-4 * float(np.abs(to3[c]).max()))
+
+
+def test_own_output_passes_the_target_scanners_scans_through_its_unit(fitted, cohort, scans):
+    probe = _probe(cohort, scans, site="scanner1")
+    raw = {c: probe[0][0][c] for c in CONTRASTS}
+    own = _out(fitted, probe)
+    assert not _same(own, raw)
+    _close(own, _own_unit_pass(fitted, probe, site_index=0, target_index=0))
+    assert _same(_out(_with_output(fitted, "target"), probe), raw)        # "target": returned unchanged
+
+
+def test_own_outputs_of_a_held_out_subject_agree_across_scanners(fitted, cohort, scans):
+    """Step 2 makes the scanners' units agree: on a subject not trained on, the own outputs of its three
+    scans are far closer to each other than the "target" outputs (whose target-scanner scan is the raw one)."""
+    probes = [_probe(cohort, scans, site=s) for s in ("scanner1", "scanner2", "scanner3")]
+    mask = np.logical_and.reduce([p[2][0] for p in probes])
+    scale = {c: float(probes[0][0][0][c][mask].mean()) for c in CONTRASTS}
+
+    def spread(model):
+        outs = [_out(model, p) for p in probes]
+        return np.mean([np.abs(a[c][mask] - b[c][mask]).mean() / scale[c] for c in CONTRASTS
+                        for i, a in enumerate(outs) for b in outs[i + 1:]])
+
+    own, target = spread(fitted), spread(_with_output(fitted, "target"))
+    assert own < 0.5 * target, (own, target)     # measured: 0.037 against 0.156 (seed 0), 0.032 against 0.142 (seed 1)
+
+
+def test_output_is_checked_and_unseen_scanners_are_refused_either_way(fitted, cohort, scans):
+    rows = _rows(cohort, TRAIN)
+    with pytest.raises(harmonize.HarmonizerInputError, match="output must be one of"):
+        Mispel(**TINY, output="mine").fit([scans[i] for i in rows], sites=cohort.table["site"].to_numpy()[rows],
+                                          masks=[cohort.masks[i] for i in rows],
+                                          subjects=cohort.table["subject"].to_numpy()[rows])
+    probe = _probe(cohort, scans, site="scanner2")
+    for output in ("own", "target"):
+        with pytest.raises(harmonize.HarmonizerInputError, match=r"\['scanner9'\] were not seen"):
+            _out(_with_output(fitted, output), (probe[0], ["scanner9"], probe[2]))
 
 
 def test_any_training_scanner_can_be_the_target_and_unseen_ones_are_refused(fitted, cohort, scans):
+    model = _with_output(fitted, "target")
     probe = _probe(cohort, scans, site="scanner2")
-    to1, to3 = _out(fitted, probe), _out(fitted, probe, target_site="scanner3")
+    to1, to3 = _out(model, probe), _out(model, probe, target_site="scanner3")
     assert set(to1) == set(CONTRASTS) and not _same(to1, to3)
-    assert _same(_out(fitted, probe, target_site="scanner2"), {c: probe[0][0][c] for c in CONTRASTS})
+    assert _same(_out(model, probe, target_site="scanner2"), {c: probe[0][0][c] for c in CONTRASTS})
     with pytest.raises(harmonize.HarmonizerInputError, match=r"\['scanner9'\] were not seen"):
-        _out(fitted, (probe[0], ["scanner9"], probe[2]))
+        _out(model, (probe[0], ["scanner9"], probe[2]))

@@ -10,8 +10,11 @@ Input
     ``masks=`` one brain mask per scan, one for all, or None (derived from the scan's first contrast,
     :func:`surfharm.io.nifti.derive_mask`); ``sites=`` one label per scan (required);
     ``subjects=`` one label per scan (required by paired methods: the same label on several sites is
-    one person scanned on each, a traveling subject). The ``(n_scans, n_voxels)`` matrix form of the
-    other volumetric methods is refused: slices need the voxel grid.
+    one person scanned on each, a traveling subject). ``covariates=`` (optional) one row of numbers per
+    scan (e.g. age, sex coded 0/1), checked by :func:`image_covariates` and handed to the trainer
+    (``SliceData.scan_covariates``); a method uses them only if it declares ``"covariates"`` in its
+    ``side_data`` (ImUnity's biological-preservation module), the others ignore them. The
+    ``(n_scans, n_voxels)`` matrix form of the other volumetric methods is refused: slices need the voxel grid.
 
 Intensities
     Each contrast of each scan is divided by its own in-mask 99th percentile (``percentile``), so tissue
@@ -166,6 +169,54 @@ def image_scans(X, masks, contrasts: tuple[str, ...], owner: str) -> ImageScans:
                       shared_mask=masks is not None and _is_single_mask(masks))
 
 
+#: What pandas infers for an object column of numbers (accepted as covariates).
+_NUMBER_KINDS = ("integer", "floating", "mixed-integer-float", "boolean", "decimal", "empty")
+
+
+def image_covariates(covariates, n_scans: int) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """Per-scan covariates checked: ``(values (n_scans, n_covariates) float64, column names)``; ``(None, ())``
+    for None.
+
+    ``covariates`` is a pandas DataFrame (or Series) of numbers, or an array-like ``(n_scans, n_covariates)``
+    (1-D: one covariate; columns named ``x0, x1, ...``); booleans count as 0/1. Raises
+    :class:`HarmonizerInputError` naming the expected and given row counts, or the column that holds a
+    non-numeric, missing (NaN) or infinite value.
+    """
+    if covariates is None:
+        return None, ()
+    if isinstance(covariates, pd.Series):
+        covariates = covariates.to_frame()
+    if isinstance(covariates, pd.DataFrame):
+        table = covariates.reset_index(drop=True)
+    else:
+        arr = np.asarray(covariates)
+        arr = arr[:, None] if arr.ndim == 1 else arr
+        if arr.ndim != 2:
+            raise HarmonizerInputError(f"covariates must be 2-D (n_scans, n_covariates), got shape {arr.shape}")
+        table = pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
+    if len(table) != n_scans:
+        raise HarmonizerInputError(f"covariates have {len(table)} rows but X has {n_scans} scans; expected one row "
+                                   f"per scan ({n_scans})")
+    if table.shape[1] == 0:
+        raise HarmonizerInputError("covariates have no column; give at least one (e.g. age), or None")
+    columns = []
+    for name in table.columns:
+        col = table[name]
+        numeric = pd.api.types.is_numeric_dtype(col) or (
+            col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) in _NUMBER_KINDS)
+        if not numeric:
+            bad = next((v for v in col if not isinstance(v, (int, float, np.number, bool, np.bool_))), col.iloc[0])
+            raise HarmonizerInputError(f"covariate {str(name)!r} is not numeric (dtype {col.dtype}, e.g. {bad!r}); "
+                                       "code it as numbers (e.g. sex as 0/1)")
+        values = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise HarmonizerInputError(f"covariate {str(name)!r} is missing (NaN) or infinite at scans "
+                                       f"{bad[:5].tolist()} ({bad.size} in all); every scan needs a value")
+        columns.append(values)
+    return np.stack(columns, axis=1), tuple(str(c) for c in table.columns)
+
+
 # -- training slices ---------------------------------------------------------------------------------------------
 
 
@@ -186,6 +237,9 @@ class SliceData:
         ``(N, C, H, W)`` target of a reconstruction.
     scan_sites : (n_scans,) int64 site index of every scan;  scan_subjects : (n_scans,) labels or None.
     n_sites : number of training sites;  target : index of the target site.
+    scan_covariates : (n_scans, n_covariates) float64 covariates of every scan as given to ``fit``
+        (``covariates=``, not standardised; row ``scans[r]`` is slice ``r``'s), or None when none were given.
+    covariate_names : their column names (``()`` when none).
     """
 
     images: torch.Tensor
@@ -198,6 +252,8 @@ class SliceData:
     scan_subjects: np.ndarray | None
     n_sites: int
     target: int
+    scan_covariates: np.ndarray | None = None
+    covariate_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -403,6 +459,8 @@ class DeepImageHarmonizer(VolumeHarmonizer):
         Per-epoch losses.
     n_pairs_ : int
         Matched slices trained on (paired methods; else 0).
+    covariate_names_ : tuple of str
+        Columns of the ``covariates`` given to ``fit`` (``()``: none).
     """
 
     #: Format name written in the model file (e.g. "surfharm-deepharmony"); every method sets its own.
@@ -538,14 +596,17 @@ class DeepImageHarmonizer(VolumeHarmonizer):
         return self.sites_.index(label)
 
     # -- fit ------------------------------------------------------------------------------------------------
-    def fit(self, X, y=None, *, sites=None, masks=None, subjects=None) -> "DeepImageHarmonizer":
-        """Train on the scans ``X`` of two or more sites (module docstring); returns self."""
+    def fit(self, X, y=None, *, sites=None, masks=None, subjects=None, covariates=None) -> "DeepImageHarmonizer":
+        """Train on the scans ``X`` of two or more sites (module docstring); returns self. ``covariates``
+        (optional, one row of numbers per scan) are checked and given to the trainer; only methods that
+        declare them in ``side_data`` use them."""
         contrasts = self._checked_contrasts()
         self._check_params()
         scans = image_scans(X, masks, contrasts, self._owner())
         n = len(scans)
         sites = require_sites(sites, n, f"{self._owner()}.fit")
         subjects = self._subjects(subjects, n, self.needs_pairs)
+        covariate_values, self.covariate_names_ = image_covariates(covariates, n)
         self.sites_ = sorted((_plain(s) for s in pd.unique(sites)), key=str)
         if len(self.sites_) < 2:
             raise HarmonizerInputError(f"{self._owner()} needs scans of at least 2 sites, got {self.sites_}")
@@ -557,6 +618,7 @@ class DeepImageHarmonizer(VolumeHarmonizer):
         scan_sites = np.array([self.sites_.index(_plain(s)) for s in sites], dtype=np.int64)
 
         data, factors, shapes = self._training_slices(scans, scan_sites, subjects)
+        data.scan_covariates, data.covariate_names = covariate_values, self.covariate_names_
         if self.needs_pairs:
             self._check_paired_grids(scans, scan_sites, subjects, shapes)
         # Each site's unit: the median factor of each contrast over its training scans (outputs go to the target's).
@@ -628,11 +690,14 @@ class DeepImageHarmonizer(VolumeHarmonizer):
                 {"sites": self.sites_, "contrasts": list(self.contrasts_), "target": self.target_})
 
     # -- transform ------------------------------------------------------------------------------------------
-    def transform(self, X, *, sites=None, masks=None, subjects=None, target_site=None):
-        """Harmonized scans, in the form given (module docstring); ``subjects`` are accepted and unused."""
-        return list(self.transform_iter(X, sites=sites, masks=masks, subjects=subjects, target_site=target_site))
+    def transform(self, X, *, sites=None, masks=None, subjects=None, covariates=None, target_site=None):
+        """Harmonized scans, in the form given (module docstring); ``subjects`` and ``covariates`` are accepted
+        and unused."""
+        return list(self.transform_iter(X, sites=sites, masks=masks, subjects=subjects, covariates=covariates,
+                                        target_site=target_site))
 
-    def transform_iter(self, X, *, sites=None, masks=None, subjects=None, target_site=None) -> Iterator:
+    def transform_iter(self, X, *, sites=None, masks=None, subjects=None, covariates=None,
+                       target_site=None) -> Iterator:
         """As :meth:`transform`, one scan at a time (read, map, yield)."""
         self.check_is_fitted()
         scans = image_scans(X, masks, self.contrasts_, self._owner())
@@ -652,10 +717,14 @@ class DeepImageHarmonizer(VolumeHarmonizer):
             out = self._transform_scan(scans, i, source, target)
             yield {c: out[j] for j, c in enumerate(self.contrasts_)} if scans.as_dict[i] else out[0]
 
+    def maps_target_scans(self) -> bool:
+        """Whether scans of the target site go through the networks too (default False: returned unchanged)."""
+        return False
+
     def _transform_scan(self, scans: ImageScans, i: int, source: int, target: int) -> np.ndarray:
         """Scan ``i`` harmonized from site index ``source`` to ``target``: (C, X, Y, Z) float32."""
         data, mask, _ = scans.load(i)
-        if source == target:
+        if source == target and not self.maps_target_scans():
             return data
         factors = np.array([sl.intensity_factor(data[c], mask, self.percentile, f"{scans.name(i)}, contrast {name!r}")
                             for c, name in enumerate(self.contrasts_)])
@@ -685,6 +754,8 @@ class DeepImageHarmonizer(VolumeHarmonizer):
                      "sites": self.sites_, "target": self.target_, "contrasts": list(self.contrasts_),
                      "n_in_channels": self.n_in_channels_, "network": self.network_,
                      "n_pairs": self.n_pairs_, "history": self.history_})
+        if getattr(self, "covariate_names_", ()):
+            meta["covariates"] = list(self.covariate_names_)
         return tensors, meta
 
     def _set_state(self, arrays, meta) -> None:
@@ -696,6 +767,7 @@ class DeepImageHarmonizer(VolumeHarmonizer):
         self.contrasts_, self.n_in_channels_ = tuple(meta["contrasts"]), int(meta["n_in_channels"])
         self.n_pairs_, self.history_ = int(meta.get("n_pairs", 0)), list(meta.get("history", []))
         self.site_scale_ = np.asarray(arrays["site_scale"], dtype=np.float32)
+        self.covariate_names_ = tuple(meta.get("covariates", ()))
         self.network_ = dict(meta["network"])
         networks = self.build_networks(self.network_)
         self.networks_ = load_weights(networks, arrays, "networks").to(self.device).eval()
@@ -711,5 +783,5 @@ def _plain(label):
     return label.item() if isinstance(label, np.generic) else label
 
 
-__all__ = ["DeepImageHarmonizer", "ImageScans", "SliceData", "SliceTrainer", "SliceTrainingConfig", "image_scans",
-           "masked_l1"]
+__all__ = ["DeepImageHarmonizer", "ImageScans", "SliceData", "SliceTrainer", "SliceTrainingConfig", "image_covariates",
+           "image_scans", "masked_l1"]

@@ -24,12 +24,27 @@ slices made with two codes of the same site; its weight falls linearly to 0 over
 ``diversity_decay_steps`` steps, as StarGAN v2's does over its whole run). Image losses are L1 inside
 the brain mask; generated slices are zeroed outside the input's support (the scans are 0 there); the
 content noise is 0.1 by default (our choice: the size is not in our reference notes, and a standard
-deviation of 1 swamped the content code and slowed the reconstructions). Each step draws a batch of
-slices of every site, a random target site per slice, and its target style either from the mapping
-network (even steps) or from a reference slice of the target site through the style encoder (odd steps);
-StarGAN v2 does both in every iteration. Generator side and discriminator are updated in the same step
-(the discriminator on the generator's detached slices). Three Adam optimizers, betas (0, 0.99): content
-encoder + style encoder + generator (``lr``), mapping network (``mapping_lr``), discriminator (``lr``).
+deviation of 1 swamped the content code and slowed the reconstructions).
+
+Each step, as StarGAN v2's iterations, draws a batch of slices of every site and a random target site
+per slice, and runs both style branches on it:
+
+* **latent-guided**: two target styles from two noise vectors through the mapping network;
+* **reference-guided**: two target styles of two random slices of the target site through the style
+  encoder. As in StarGAN v2 this branch does not train the style encoder (its codes are the targets
+  here; the encoder runs with its weights frozen): it trains the content encoder and the generator.
+
+Each branch has its own full generator objective (adversarial, content, style reconstruction against
+its style codes, identity, cycle back to the source style, cycle gradient, magnitude, diversity
+between its two styles' slices, all with the published weights), and the generator side minimises
+their sum; the discriminator minimises the sum of one objective per branch (real slices, that
+branch's generated slices, R1). The history holds the mean of each term over the two branches, with
+``diversity_latent`` and ``diversity_reference`` apart. Generator side and discriminator are updated in
+the same step (the discriminator on the generator's detached slices); a step makes twice the generator
+passes of a one-branch step. Three Adam optimizers, betas (0, 0.99): content encoder + style encoder
++ generator (``lr``), mapping network (``mapping_lr``), discriminator (``lr``). The style encoder and
+the mapping network start from He initialisation (:mod:`surfharm.models.murd` says why: with PyTorch's
+default one their codes hardly varied and the generator ignored the style).
 The inference networks are exponential moving averages (EMA) of the content encoder, style encoder,
 mapping network and generator (decay ``ema_decay``, with the usual warm-up ``min(decay, (1 + step) / (10
 + step))`` so that short runs do not average in their initial weights).
@@ -44,11 +59,22 @@ sites not seen in training are harmonized too (``supports_unseen_sites``).
 Published (full-size) configuration: 256 x 256 slices, ``base_channels=64`` (64, 128, 256),
 ``style_channels=64``, ``disc_channels=64``, ``lr=1e-4``, ``mapping_lr=1e-6``, ``ema_decay=0.999``,
 100 000 iterations, batch 8 (StarGAN v2's), >6000 ABCD T1/T2 volumes. The defaults here are scaled
-for a CPU: ``base_channels=16``, ``style_channels=16``, ``disc_channels=16``, 1000 steps of 8 slices,
+for a CPU: ``base_channels=8``, ``style_channels=8``, ``disc_channels=8``, 1000 steps of 8 slices,
 and a learning rate of 1e-3 (mapping 1e-5, the published ratio of 1/100), since 1e-4 barely moves
 the networks within a few hundred steps. Loss weights are the published ones (``loss_weights``
 overrides some). Everything else (intensity unit, slicing, output unit, target-site scans returned
 unchanged): :mod:`surfharm.harmonize.volumetric.deep`.
+
+Measured (``benchmarks/bench_deep_images.py --quick``: held-out traveling subjects against the target
+scanner's scan, SSIM / PSNR dB / MAE; raw scans 0.742 / 10.1 / 270): at 150 steps, both branches with
+He-initialised style networks 0.447 / 12.1 / 187 (fit about 60 s on one shared CPU thread); both
+branches with PyTorch's default initialisation, whose generator ignores the style, 0.512 / 16.0 / 115;
+one branch per step, alternating, default initialisation, 0.537 / 15.9 / 116 (about 30 s). At 500
+steps: default initialisation 0.573 / 17.0 / 102, He-initialised style networks 0.500 / 13.4 / 161. At
+CPU length a generator that follows the style is further from the target's scans than one that
+ignores it, and neither reaches the raw scans' SSIM. The benchmark's default configuration (4 scanners,
+500 steps, 2 threads): 0.232 / 6.9 / 370 (raw 0.761 / 8.3 / 341), against 0.486 / 15.2 / 122 with one
+branch per step and the default initialisation.
 """
 from __future__ import annotations
 
@@ -70,6 +96,8 @@ from surfharm.models.murd import (ContentEncoder, Generator, MappingNetwork, Ref
 
 #: The networks averaged for inference; their EMA copies are ``"<name>_ema"``.
 EMA_NETWORKS = ("content", "style", "mapping", "generator")
+#: The generator terms of each style branch; the history holds their mean over the two branches.
+TERMS = ("adversarial", "content", "style", "identity", "cycle", "gradient", "magnitude", "diversity")
 #: Loss weights of the publication (Liu & Yap 2024), the defaults of :class:`MURDTrainingConfig`.
 PUBLISHED_WEIGHTS = {"w_adversarial": 1.0, "w_r1": 1.0, "w_content": 10.0, "w_style": 10.0, "w_identity": 10.0,
                      "w_cycle": 10.0, "w_gradient": 1.0, "w_magnitude": 0.01, "w_diversity": 1.0}
@@ -137,8 +165,7 @@ class MURDTrainer(SliceTrainer):
     """
 
     checkpoint_format = "surfharm-murd-checkpoint"
-    loss_names = ("G", "D", "adversarial", "content", "style", "identity", "cycle", "gradient", "magnitude",
-                  "diversity", "r1")
+    loss_names = ("G", "D", *TERMS, "r1", "diversity_latent", "diversity_reference")
     progress_desc = "MURD"
     progress_keys = ("G", "D", "cycle")
 
@@ -181,6 +208,35 @@ class MURDTrainer(SliceTrainer):
     def _noise(self, shape, gen: torch.Generator) -> torch.Tensor:
         return torch.randn(shape, generator=gen).to(self.device)
 
+    def _generator_terms(self, x, mask, support, content, trg, styles, s_src, style_encoder, gen) -> dict:
+        """One style branch's generator terms (unweighted scalars): slices made from ``content`` with the
+        target styles ``styles`` (two (B, style_dim) codes of the target sites), judged, re-encoded by
+        ``style_encoder``, cycled back with the source style ``s_src`` and regenerated with it (identity)."""
+        cfg, ddp = self.config, self.ddp
+        s_trg, s_trg2 = styles
+        with self._autocast():
+            noisy = content + cfg.content_noise * self._noise(content.shape, gen)
+            fake = ddp["generator"](noisy, s_trg) * support
+            fake2 = ddp["generator"](noisy, s_trg2) * support
+            content_fake = ddp["content"](fake)
+            adversarial = _bce(pick(ddp["discriminator"](fake), trg), True)
+            style = (pick(style_encoder(fake), trg) - s_trg).abs().mean()
+            cycled = ddp["generator"](content_fake + cfg.content_noise * self._noise(content.shape, gen),
+                                      s_src) * support
+            same = ddp["generator"](noisy, s_src) * support
+        return {"adversarial": adversarial, "content": (content_fake.float() - content.float()).abs().mean(),
+                "style": style, "identity": masked_l1(same, x, mask), "cycle": masked_l1(cycled, x, mask),
+                "gradient": _gradient_l1(cycled, x, mask), "magnitude": content.float().pow(2).mean(),
+                "diversity": masked_l1(fake, fake2.detach(), mask), "fake": fake}
+
+    def _generator_loss(self, terms: dict) -> torch.Tensor:
+        cfg = self.config
+        w_div = cfg.w_diversity * max(0.0, 1.0 - self.step / max(cfg.diversity_decay_steps, 1))
+        return (cfg.w_adversarial * terms["adversarial"] + cfg.w_content * terms["content"]
+                + cfg.w_style * terms["style"] + cfg.w_identity * terms["identity"] + cfg.w_cycle * terms["cycle"]
+                + cfg.w_gradient * terms["gradient"] + cfg.w_magnitude * terms["magnitude"]
+                - w_div * terms["diversity"])
+
     def train_step(self) -> dict[str, float]:
         cfg, nets, ddp = self.config, self.networks, self.ddp
         lr = self.lr_at(self.step)
@@ -192,49 +248,43 @@ class MURDTrainer(SliceTrainer):
         support = ((x != 0).any(dim=1) | mask)[:, None].to(x.dtype)       # the input slices' brain, all channels
         n = x.shape[0]
 
-        # -- generator side (the discriminator only judges) -------------------------------------------------
+        # -- generator side (the discriminator only judges): both style branches in every step ------------
         nets["discriminator"].requires_grad_(False)
+        z = self._noise((2, n, cfg.latent_dim), gen)
         with self._autocast():
             content = ddp["content"](x)
-            noisy = content + cfg.content_noise * self._noise(content.shape, gen)
-            if self.step % 2 == 0:           # latent-guided: styles from noise through the mapping network
-                z = self._noise((2, n, cfg.latent_dim), gen)
-                s_trg, s_trg2 = (pick(ddp["mapping"](z[i]), trg) for i in range(2))
-            else:                            # reference-guided: styles of slices of the target sites
-                s_trg, s_trg2 = (pick(ddp["style"](self.batch(refs[i])[0]), trg) for i in range(2))
             s_src = pick(ddp["style"](x), src)
-            fake = ddp["generator"](noisy, s_trg) * support
-            fake2 = ddp["generator"](noisy, s_trg2) * support
-            content_fake = ddp["content"](fake)
-            adversarial = _bce(pick(ddp["discriminator"](fake), trg), True)
-            style = (pick(ddp["style"](fake), trg) - s_trg).abs().mean()
-            cycled = ddp["generator"](content_fake + cfg.content_noise * self._noise(content.shape, gen),
-                                      s_src) * support
-            same = ddp["generator"](noisy, s_src) * support
-        content_loss = (content_fake.float() - content.float()).abs().mean()
-        identity = masked_l1(same, x, mask)
-        cycle = masked_l1(cycled, x, mask)
-        gradient = _gradient_l1(cycled, x, mask)
-        magnitude = content.float().pow(2).mean()
-        diversity = masked_l1(fake, fake2.detach(), mask)
-        w_div = cfg.w_diversity * max(0.0, 1.0 - self.step / max(cfg.diversity_decay_steps, 1))
-        loss_g = (cfg.w_adversarial * adversarial + cfg.w_content * content_loss + cfg.w_style * style
-                  + cfg.w_identity * identity + cfg.w_cycle * cycle + cfg.w_gradient * gradient
-                  + cfg.w_magnitude * magnitude - w_div * diversity)
+            latent_styles = [pick(ddp["mapping"](z[i]), trg) for i in range(2)]
+        # Latent-guided: styles from noise through the mapping network; trains every generator-side network.
+        latent = self._generator_terms(x, mask, support, content, trg, latent_styles, s_src, ddp["style"], gen)
+        # Reference-guided: styles of slices of the target sites. As in StarGAN v2 this branch does not train
+        # the style encoder (its codes are targets here), only the content encoder and the generator.
+        nets["style"].requires_grad_(False)
+        try:
+            with torch.no_grad(), self._autocast():
+                reference_styles = [pick(nets["style"](self.batch(refs[i])[0]), trg) for i in range(2)]
+            reference = self._generator_terms(x, mask, support, content, trg, reference_styles, s_src.detach(),
+                                              nets["style"], gen)
+        finally:
+            nets["style"].requires_grad_(True)
+        loss_g = self._generator_loss(latent) + self._generator_loss(reference)
         loss_g.backward()
 
-        # -- discriminator: real slices of their own site, generated ones of their target site -------------
+        # -- discriminator: real slices of their own site, both branches' slices of their target site -------
         nets["discriminator"].requires_grad_(True)
         real = x.detach().requires_grad_(True)
         scores_real = pick(ddp["discriminator"](real), src)
         r1 = _r1(scores_real, real)
         with self._autocast():
-            scores_fake = pick(ddp["discriminator"](fake.detach()), trg)
-        loss_d = _bce(scores_real, True) + _bce(scores_fake, False) + cfg.w_r1 * r1
+            scores_fake = [pick(ddp["discriminator"](branch["fake"].detach()), trg) for branch in (latent, reference)]
+        # One discriminator objective per branch (real, its fakes, R1), summed.
+        loss_d = 2 * (_bce(scores_real, True) + cfg.w_r1 * r1) + sum(_bce(s, False) for s in scores_fake)
         loss_d.backward()
 
-        values = self._finish_step(torch.stack([loss_g, loss_d, adversarial, content_loss, style, identity, cycle,
-                                                gradient, magnitude, diversity, r1]), lr)
+        mean = {k: 0.5 * (latent[k].detach().float() + reference[k].detach().float()) for k in TERMS}
+        values = self._finish_step(torch.stack([loss_g.detach(), loss_d.detach(), *(mean[k] for k in TERMS),
+                                                r1.detach(), latent["diversity"].detach().float(),
+                                                reference["diversity"].detach().float()]), lr)
         self._update_ema()
         return values
 

@@ -119,6 +119,11 @@ class PairedTrainer(Trainer):
         int rows of scans without a partner (used when ``config.unpaired`` > 0).
     """
 
+    # A process whose batch holds no scan of a scanner computes no gradient for that scanner's network: DDP must
+    # reduce zeros for it instead of waiting. A network no process used keeps no gradient, so Adam skips it, as
+    # on one process (a zero-weighted term, as MISPEL's networks add, would give a zero gradient on which Adam
+    # still steps, changing one-process runs).
+    find_unused_parameters = True
     checkpoint_format = PAIRED_CHECKPOINT_FORMAT
     loss_names = PAIRED_LOSS_NAMES
     progress_desc = "paired U-Net"

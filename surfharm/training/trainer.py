@@ -110,6 +110,9 @@ class Trainer:
     loss_names: tuple[str, ...] = ()
     progress_desc: str = "training"
     progress_keys: tuple[str, ...] = ()
+    #: DistributedDataParallel's ``find_unused_parameters``: True where a process may leave some networks
+    #: unused in a step (e.g. one network per scanner and a batch without that scanner's scans).
+    find_unused_parameters: bool = False
 
     def _setup(self, config, *, device="cpu", checkpoint_path=None, checkpoint_every: int = 0,
                validate: Callable | None = None,
@@ -134,7 +137,8 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         # Buffers are fixed mesh tables (sparse, identical everywhere): nothing to broadcast.
         DDP._set_params_and_buffers_to_ignore_for_model(module, [n for n, _ in module.named_buffers()])
-        return DDP(module, device_ids=ids, broadcast_buffers=False)
+        return DDP(module, device_ids=ids, broadcast_buffers=False,
+                   find_unused_parameters=self.find_unused_parameters)
 
     # -- what a subclass provides -----------------------------------------------------------------------
     @property

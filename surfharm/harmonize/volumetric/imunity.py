@@ -367,7 +367,8 @@ class ImUnity(DeepImageHarmonizer):
         if self.bio_weight > 0 and covariates is None:
             raise HarmonizerInputError(
                 f"ImUnity with bio_weight={self.bio_weight!r} learns to keep covariates in the anatomy features: give "
-                "covariates= to fit (one row of numbers per scan, e.g. age and sex coded 0/1), or set bio_weight=0")
+                "covariates= to fit (one row of numbers per scan, e.g. age and sex coded 0/1; on the command line "
+                "--keep age sex), or set bio_weight=0")
         if self.bio_weight > 0 and self.batch_size < 2:
             raise HarmonizerInputError(f"bio_weight > 0 needs batch_size >= 2 (the covariate head normalises over the "
                                        f"batch), got batch_size={self.batch_size!r}")

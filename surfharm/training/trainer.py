@@ -27,7 +27,10 @@ domains given as :class:`DomainData` (z-scored maps, cortex masks, conditioning 
 * Several processes: launched by ``torchrun`` (``torch.distributed`` initialised before the trainer
   is built), the generators and discriminators are wrapped in DistributedDataParallel; each
   process takes its share of every global batch of ``batch_size x world_size`` scans; rank 0
-  writes checkpoints and shows progress.
+  writes checkpoints and shows progress. Free the trainer (``del trainer``, then
+  ``gc.collect()``) before ``torch.distributed.destroy_process_group()``: wrappers that outlive their
+  process group can abort the process as it exits ("terminate called without an active exception",
+  seen now and then with gloo).
 * Devices: CPU by default; on CUDA the forward passes run under bfloat16 autocast when ``amp``.
 """
 from __future__ import annotations

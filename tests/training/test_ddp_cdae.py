@@ -1,9 +1,6 @@
 """CDAE's trainer under DistributedDataParallel (gloo, CPU): two processes equal one with the global batch."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +8,8 @@ import torch
 
 from surfharm import training
 from surfharm.training.cdae import CDAE_CHECKPOINT_FORMAT, CDAEConfig, CDAETrainer
+
+from ddp_launch import run_two_processes  # beside this file (pytest puts tests/training on sys.path)
 
 LEVEL, V = 2, 162
 
@@ -35,7 +34,7 @@ def config(**kwargs) -> CDAEConfig:
 
 
 DDP_SCRIPT = """
-import sys, torch
+import gc, sys, torch
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 torch.distributed.init_process_group("gloo")
@@ -43,6 +42,8 @@ from test_ddp_cdae import config, data
 from surfharm.training.cdae import CDAETrainer
 trainer = CDAETrainer(config(batch_size=2, train_targets={targets!r}), *data(), checkpoint_path={path!r})
 trainer.train()
+del trainer                  # freed before its process group: see surfharm.training.trainer
+gc.collect()
 torch.distributed.destroy_process_group()
 """
 
@@ -58,10 +59,7 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(tmp_path, tar
     repo = str(Path(__file__).resolve().parents[2])
     script.write_text(DDP_SCRIPT.format(repo=repo, tests=str(Path(__file__).parent), path=str(path),
                                         targets=targets))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script)], capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_processes(script, 240, "3 steps")
     tensors, meta = training.read_safetensors(path, expected_format=CDAE_CHECKPOINT_FORMAT)
     assert meta["step"] == 3
 

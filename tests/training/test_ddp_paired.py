@@ -6,10 +6,6 @@ also at steps where the whole global batch lacks a scanner (that network then do
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +14,8 @@ import torch
 
 from surfharm import training
 from surfharm.training.paired import PAIRED_CHECKPOINT_FORMAT, PairedConfig, PairedTrainer
+
+from ddp_launch import run_two_processes  # beside this file (pytest puts tests/training on sys.path)
 
 LEVEL, V = 2, 162
 STEPS = 4
@@ -60,7 +58,7 @@ def config(**kwargs) -> PairedConfig:
 
 
 DDP_SCRIPT = """
-import datetime, sys, torch
+import datetime, gc, sys, torch
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds={timeout}))
@@ -68,7 +66,8 @@ from test_ddp_paired import config, data
 from surfharm.training.paired import PairedTrainer
 trainer = PairedTrainer(config(batch_size=2), *data(), checkpoint_path={path!r})
 trainer.train()
-del trainer                       # DDP's reducer goes before its process group (a rare abort at exit otherwise)
+del trainer                  # freed before its process group: see surfharm.training.trainer
+gc.collect()
 torch.distributed.destroy_process_group()
 """
 
@@ -106,19 +105,7 @@ def test_ddp_with_a_scanner_missing_from_a_batch_equals_one_process(tmp_path):
     repo = str(Path(__file__).resolve().parents[2])
     script.write_text(DDP_SCRIPT.format(repo=repo, tests=str(Path(__file__).parent), path=str(path),
                                         timeout=DDP_TIMEOUT))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # Own process group: on a hang the launcher and both workers are ended together.
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=tmp_path, start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=DDP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        pytest.fail(f"two processes did not finish {STEPS} steps in {DDP_TIMEOUT} s (a collective waits for a "
-                    f"gradient that never comes):\n{stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-3000:]
+    run_two_processes(script, DDP_TIMEOUT, f"{STEPS} steps")
     tensors, meta = training.read_safetensors(path, expected_format=PAIRED_CHECKPOINT_FORMAT)
     assert meta["step"] == STEPS
 

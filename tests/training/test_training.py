@@ -139,7 +139,7 @@ def test_step_schedule_follows_milestones():
 
 
 DDP_SCRIPT = """
-import sys, torch
+import gc, sys, torch
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 torch.distributed.init_process_group("gloo")
 from test_training import domains, tiny_config
@@ -147,6 +147,8 @@ from surfharm.training import CycleGANTrainer
 trainer = CycleGANTrainer(tiny_config(batch_size=1, pool_size=0, max_steps=3, base_channels=8), *domains(),
                           checkpoint_path={path!r})
 trainer.train()
+del trainer                  # freed before its process group: see surfharm.training.trainer
+gc.collect()
 torch.distributed.destroy_process_group()
 """
 

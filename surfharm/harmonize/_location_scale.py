@@ -79,6 +79,26 @@ def masked_site_normalisation(X: np.ndarray, site_rows: Sequence[np.ndarray], ma
     return mean, std
 
 
+def channel_site_normalisation(maps: np.ndarray, site_rows: Sequence[np.ndarray], mask: np.ndarray,
+                               min_std: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`masked_site_normalisation` of every channel of ``maps`` (n_scans, C, V): ``(mean, std)``,
+    each (n_sites, C, V) float32 in the maps' unit."""
+    stats = [masked_site_normalisation(maps[:, c], site_rows, mask, min_std) for c in range(maps.shape[1])]
+    return np.stack([m for m, _ in stats], axis=1), np.stack([s for _, s in stats], axis=1)
+
+
+def zscore_channels(maps: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                    mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Z-scores of multi-channel maps, 0 where a scan's vertex is missing in any channel or outside ``mask``.
+
+    ``maps``, ``mean``, ``std``: (n, C, V) (each scan's own statistics); ``mask``: (V,) bool. Returns
+    ``(z, valid)``: (n, C, V) float32 and the (n, V) bool vertices finite in every channel inside ``mask``.
+    """
+    valid = np.isfinite(maps).all(axis=1) & mask
+    z = (np.nan_to_num(maps) - mean) / std
+    return np.where(valid[:, None], z, 0.0).astype(np.float32), valid
+
+
 def pooled_within_site_std(stds: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Pooled within-site standard deviation ``sqrt(sum_s (n_s - 1) sd_s^2 / (n - k))``, NaN ignored.
 

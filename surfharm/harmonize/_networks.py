@@ -1,5 +1,6 @@
 """What the harmonizers that hold torch networks share: their weights in and out of model files,
-the check of those weights at load, and the covariate columns they condition on or keep.
+the check of those weights (and of their per-site z-scoring statistics) at load, and the covariate
+columns they condition on or keep.
 
 Model files store each network's ``state_dict`` under a prefix (``"generator_xy."``, ``"model."``...)
 next to the harmonizer's own arrays (see :class:`surfharm.harmonize.base.Harmonizer`).
@@ -34,6 +35,17 @@ def check_weights(check, network, prefix: str) -> None:
     for key, value in network.state_dict().items():
         if value.is_floating_point():
             check.finite(f"{prefix}.{key}", value.detach().float().cpu().numpy())
+
+
+def check_site_statistics(check, mean: np.ndarray, std: np.ndarray, mask: np.ndarray,
+                          shape: tuple[int, int, int]) -> None:
+    """Check per-site z-scoring statistics at load (``check``: the loader's StateCheck): ``mean`` and ``std``
+    of ``shape`` (n_sites, n_channels, V), finite inside the (V,) ``mask``, ``std`` positive there."""
+    for name, value in (("mean", mean), ("std", std)):
+        check.shape(name, value, shape)
+    where = np.broadcast_to(mask, shape)
+    check.finite("mean", mean, where)
+    check.finite("std", std, where, positive=True)
 
 
 def covariate_columns(covariates, n_scans: int, names, option: str) -> np.ndarray:

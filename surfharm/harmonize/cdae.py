@@ -47,11 +47,40 @@ import torch
 
 from spherical_ops import VERTEX_COUNTS, level_of
 from surfharm.harmonize import _location_scale as ls
-from surfharm.harmonize._networks import check_weights, covariate_columns, load_weights
+from surfharm.harmonize._networks import check_site_statistics, check_weights, covariate_columns, load_weights
 from surfharm.harmonize.base import Harmonizer, HarmonizerInputError, StateCheck, check_data, register, require_sites
 from surfharm.models.cdae import CDAENetwork, CDAEWeights
 
 MODEL_FORMAT = "surfharm-cdae"
+
+
+def normalisation_state(harmonizer) -> tuple[dict, dict]:
+    """The model-file part shared by the harmonizers of vertex maps that z-score per site (CDAE, the
+    traveling-subject mappings): tensors ``mean``, ``std``, ``mask`` and the metadata of sites, reference,
+    shapes and history (without ``format``)."""
+    import surfharm
+
+    h = harmonizer
+    tensors = {"mean": torch.from_numpy(h.mean_), "std": torch.from_numpy(h.std_),
+               "mask": torch.from_numpy(h.mask_.astype(np.uint8))}
+    meta = {"format_version": 1, "surfharm_version": surfharm.__version__,
+            "sites": h.sites_, "reference": h.reference_, "level": h.level_,
+            "n_features": h.n_features_in_, "n_channels": h.n_channels_, "input_ndim": h.input_ndim_,
+            "history": h.history_}
+    return tensors, meta
+
+
+def set_normalisation_state(harmonizer, arrays, meta, model_format: str) -> None:
+    """Restore what :func:`normalisation_state` wrote, after checking the file's ``format``."""
+    if meta.get("format") != model_format:
+        raise HarmonizerInputError(f"model metadata names format {meta.get('format')!r}; expected {model_format!r}")
+    h = harmonizer
+    h.sites_, h.reference_ = list(meta["sites"]), int(meta["reference"])
+    h.level_, h.n_features_in_ = int(meta["level"]), int(meta["n_features"])
+    h.n_channels_, h.input_ndim_ = int(meta["n_channels"]), int(meta["input_ndim"])
+    h.history_ = meta.get("history", [])
+    h.mean_, h.std_ = arrays["mean"], arrays["std"]
+    h.mask_ = arrays["mask"].astype(bool)
 
 
 @register("cdae")
@@ -167,10 +196,8 @@ class CDAE(Harmonizer):
         kept = self._fit_covariate_effects(maps, covariates, rows)
         if kept is not None:
             maps = maps - kept
-        stats = [ls.masked_site_normalisation(maps[:, c], rows, self.mask_, self.min_std_mm) for c in range(channels)]
-        self.mean_ = np.stack([m for m, _ in stats], axis=1)               # (K, C, V)
-        self.std_ = np.stack([s for _, s in stats], axis=1)
-        z, valid = self._zscore(maps, self.mean_[index], self.std_[index])
+        self.mean_, self.std_ = ls.channel_site_normalisation(maps, rows, self.mask_, self.min_std_mm)  # (K, C, V)
+        z, valid = ls.zscore_channels(maps, self.mean_[index], self.std_[index], self.mask_)
 
         config = self.training_config(level, len(self.sites_), channels, self.reference_)
         checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.safetensors"
@@ -211,12 +238,6 @@ class CDAE(Harmonizer):
         """(n, C, V) float32: the kept covariates' part of each map (pooled slopes)."""
         return np.stack([ls.covariate_part(values, self.keep_center_, self.keep_beta_[c])
                          for c in range(self.keep_beta_.shape[0])], axis=1)
-
-    def _zscore(self, maps, mean, std) -> tuple[np.ndarray, np.ndarray]:
-        """(n, C, V) maps with per-scan statistics (n, C, V) -> z-scores (0 outside cortex), (n, V) valid."""
-        valid = np.isfinite(maps).all(axis=1) & self.mask_
-        z = np.where(valid[:, None], (np.nan_to_num(maps) - mean) / std, 0.0).astype(np.float32)
-        return z, valid
 
     def _checkpoint_extra(self):
         tensors = {"mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
@@ -259,7 +280,7 @@ class CDAE(Harmonizer):
                                                 np.repeat(self.mask_[None], maps.shape[1], 0).ravel(),
                                                 self.min_std_mm)
             mean[rows], std[rows] = m.reshape(maps.shape[1:]), s.reshape(maps.shape[1:])
-        z, valid = self._zscore(residual, mean, std)
+        z, valid = ls.zscore_channels(residual, mean, std, self.mask_)
         out = maps.copy()
         moving = np.flatnonzero(index != target)
         device = next(self.model_.parameters()).device
@@ -294,41 +315,24 @@ class CDAE(Harmonizer):
 
     # -- model file ------------------------------------------------------------------------------------
     def _get_state(self):
-        import surfharm
-
         tensors = {f"model.{k}": v for k, v in self.model_.state_dict().items()}
-        tensors.update({"mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
-                        "mask": torch.from_numpy(self.mask_.astype(np.uint8)),
-                        "keep_center": torch.from_numpy(self.keep_center_),
+        statistics, shared = normalisation_state(self)
+        tensors.update({**statistics, "keep_center": torch.from_numpy(self.keep_center_),
                         "keep_beta": torch.from_numpy(self.keep_beta_)})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        meta = {"format": MODEL_FORMAT, "format_version": 1, "surfharm_version": surfharm.__version__,
-                "sites": self.sites_, "reference": self.reference_, "level": self.level_,
-                "n_features": self.n_features_in_, "n_channels": self.n_channels_, "input_ndim": self.input_ndim_,
-                "history": self.history_}
+        meta = {"format": MODEL_FORMAT, **shared}
         return tensors, meta
 
     def _set_state(self, arrays, meta) -> None:
-        if meta.get("format") != MODEL_FORMAT:
-            raise HarmonizerInputError(f"model metadata names format {meta.get('format')!r}; expected {MODEL_FORMAT!r}")
-        self.sites_, self.reference_ = list(meta["sites"]), int(meta["reference"])
-        self.level_, self.n_features_in_ = int(meta["level"]), int(meta["n_features"])
-        self.n_channels_, self.input_ndim_ = int(meta["n_channels"]), int(meta["input_ndim"])
-        self.history_ = meta.get("history", [])
-        self.mean_, self.std_ = arrays["mean"], arrays["std"]
-        self.mask_ = arrays["mask"].astype(bool)
+        set_normalisation_state(self, arrays, meta, MODEL_FORMAT)
         self.keep_center_, self.keep_beta_ = arrays["keep_center"], arrays["keep_beta"]
         net = CDAENetwork(self.n_channels_, self.level_, len(self.sites_), int(self.base_channels))
         self.model_ = load_weights(net, arrays, "model").to(self.device).eval()
 
     def _check_state(self, check: StateCheck) -> None:
-        shape = (len(self.sites_), self.n_channels_, self.n_features_in_)
         check.shape("mask", self.mask_, (self.n_features_in_,))
-        for name in ("mean", "std"):
-            check.shape(name, getattr(self, name + "_"), shape)
-        where = np.broadcast_to(self.mask_, shape)
-        check.finite("mean", self.mean_, where)
-        check.finite("std", self.std_, where, positive=True)
+        check_site_statistics(check, self.mean_, self.std_, self.mask_,
+                              (len(self.sites_), self.n_channels_, self.n_features_in_))
         check_weights(check, self.model_, "model")
 
 

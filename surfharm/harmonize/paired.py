@@ -37,9 +37,10 @@ import pandas as pd
 import torch
 
 from surfharm.harmonize import _location_scale as ls
-from surfharm.harmonize._networks import check_weights, load_weights
+from surfharm.harmonize._networks import check_site_statistics, check_weights, load_weights
 from surfharm.harmonize.base import Harmonizer, HarmonizerInputError, StateCheck, register, require_sites
-from surfharm.harmonize.cdae import _plain, check_maps, icosahedral_level, site_indices
+from surfharm.harmonize.cdae import (_plain, check_maps, icosahedral_level, normalisation_state,
+                                     set_normalisation_state, site_indices)
 
 MODEL_FORMAT = "surfharm-paired-unet"
 
@@ -93,15 +94,11 @@ class TravelingSubjectsHarmonizer(Harmonizer):
         if not self.mask_.any():
             raise HarmonizerInputError("no vertex is finite and varying in every training scan: "
                                        "the maps share no cortex")
-        stats = [ls.masked_site_normalisation(maps[:, c], rows, self.mask_, self.min_std_mm)
-                 for c in range(maps.shape[1])]
-        self.mean_ = np.stack([m for m, _ in stats], axis=1)
-        self.std_ = np.stack([s for _, s in stats], axis=1)
+        self.mean_, self.std_ = ls.channel_site_normalisation(maps, rows, self.mask_, self.min_std_mm)
 
     def _zscore(self, maps, index):
-        valid = np.isfinite(maps).all(axis=1) & self.mask_
-        z = (np.nan_to_num(maps) - self.mean_[index]) / self.std_[index]
-        return np.where(valid[:, None], z, 0.0).astype(np.float32), valid
+        """(n, C, V) maps of the sites ``index`` -> their z-scores and (n, V) valid vertices."""
+        return ls.zscore_channels(maps, self.mean_[index], self.std_[index], self.mask_)
 
     def _checkpoint(self) -> Path | None:
         checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.safetensors"
@@ -166,13 +163,13 @@ class TravelingSubjectsHarmonizer(Harmonizer):
     count_meta: str = ""
 
     def _get_state(self):
-        tensors, meta = self._normalisation_state()
+        tensors, meta = normalisation_state(self)
         tensors.update({f"networks.{k}": v for k, v in self.networks_.state_dict().items()})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         return tensors, {"format": self.model_format, **meta, self.count_meta: getattr(self, f"{self.count_meta}_")}
 
     def _set_state(self, arrays, meta) -> None:
-        self._set_normalisation_state(arrays, meta, self.model_format)
+        set_normalisation_state(self, arrays, meta, self.model_format)
         setattr(self, f"{self.count_meta}_", int(meta.get(self.count_meta, 0)))
         self.networks_ = load_weights(self._build_networks(), arrays, "networks").to(self.device).eval()
 
@@ -180,35 +177,10 @@ class TravelingSubjectsHarmonizer(Harmonizer):
         """The untrained networks of the fitted shapes (their weights come from the model file)."""
         raise NotImplementedError
 
-    def _normalisation_state(self) -> tuple[dict, dict]:
-        import surfharm
-
-        tensors = {"mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
-                   "mask": torch.from_numpy(self.mask_.astype(np.uint8))}
-        meta = {"format_version": 1, "surfharm_version": surfharm.__version__,
-                "sites": self.sites_, "reference": self.reference_, "level": self.level_,
-                "n_features": self.n_features_in_, "n_channels": self.n_channels_, "input_ndim": self.input_ndim_,
-                "history": self.history_}
-        return tensors, meta
-
-    def _set_normalisation_state(self, arrays, meta, model_format: str) -> None:
-        if meta.get("format") != model_format:
-            raise HarmonizerInputError(f"model metadata names format {meta.get('format')!r}; expected {model_format!r}")
-        self.sites_, self.reference_ = list(meta["sites"]), int(meta["reference"])
-        self.level_, self.n_features_in_ = int(meta["level"]), int(meta["n_features"])
-        self.n_channels_, self.input_ndim_ = int(meta["n_channels"]), int(meta["input_ndim"])
-        self.history_ = meta.get("history", [])
-        self.mean_, self.std_ = arrays["mean"], arrays["std"]
-        self.mask_ = arrays["mask"].astype(bool)
-
     def _check_state(self, check: StateCheck) -> None:
-        shape = (len(self.sites_), self.n_channels_, self.n_features_in_)
         check.shape("mask", self.mask_, (self.n_features_in_,))
-        for name in ("mean", "std"):
-            check.shape(name, getattr(self, name + "_"), shape)
-        where = np.broadcast_to(self.mask_, shape)
-        check.finite("mean", self.mean_, where)
-        check.finite("std", self.std_, where, positive=True)
+        check_site_statistics(check, self.mean_, self.std_, self.mask_,
+                              (len(self.sites_), self.n_channels_, self.n_features_in_))
         check_weights(check, self.networks_, "networks")
 
 

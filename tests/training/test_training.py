@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,8 @@ import torch
 from surfharm import training
 from surfharm.training import CycleGANTrainer, DomainData, TrainingConfig, TrainingDivergedError
 from surfharm.training import trainer as trainer_module
+
+from ddp_launch import run_two_processes  # beside this file (pytest puts tests/training on sys.path)
 
 LEVEL, V = 3, 642
 
@@ -162,11 +161,7 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(tmp_path):
     script = tmp_path / "ddp_train.py"
     repo = str(Path(__file__).resolve().parents[2])
     script.write_text(DDP_SCRIPT.format(repo=repo, tests=str(Path(__file__).parent), path=str(path)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script)],
-                          capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_processes(script, 240, "3 steps")
     tensors, meta = training.read_safetensors(path, expected_format=training.CHECKPOINT_FORMAT)
     assert meta["step"] == 3
 

@@ -132,17 +132,22 @@ def as_scans(X, masks=None) -> Scans:
     sources = list(X)
     if not sources:
         raise VolumeInputError("X holds no scan; expected at least one volume")
-    shared = masks is not None and _is_single_mask(masks)
-    if masks is None:
-        mask_sources = None
-    elif shared:
-        mask_sources = [masks] * len(sources)
-    else:
-        mask_sources = list(masks)
-        if len(mask_sources) != len(sources):
-            raise VolumeInputError(f"got {len(mask_sources)} masks for {len(sources)} volumes; expected one mask "
-                                   "per volume, or a single mask for all")
+    mask_sources, shared = mask_sources_for(masks, len(sources), "volume")
     return Scans(sources=sources, mask_sources=mask_sources, shared_mask=shared)
+
+
+def mask_sources_for(masks, n: int, noun: str) -> tuple[list | None, bool]:
+    """One mask source per scan and whether one mask serves all: ``masks`` is None, a single mask (path,
+    image or array) or one per scan (``noun`` names them in the error for a wrong count)."""
+    if masks is None:
+        return None, False
+    if _is_single_mask(masks):
+        return [masks] * n, True
+    mask_sources = list(masks)
+    if len(mask_sources) != n:
+        raise VolumeInputError(f"got {len(mask_sources)} masks for {n} {noun}s; expected one mask per {noun}, or "
+                               "a single mask for all")
+    return mask_sources, False
 
 
 def _is_single_mask(masks) -> bool:

@@ -70,7 +70,7 @@ from torch import nn
 from surfharm.harmonize._networks import check_weights, load_weights
 from surfharm.harmonize.base import HarmonizerInputError, StateCheck, check_sites, require_sites
 from surfharm.harmonize.volumetric import slices as sl
-from surfharm.harmonize.volumetric.base import VolumeHarmonizer, _is_single_mask
+from surfharm.harmonize.volumetric.base import VolumeHarmonizer, mask_sources_for
 from surfharm.io.nifti import (AFFINE_ATOL, Volume, VolumeInputError, check_finite_in_mask, derive_mask, load_mask,
                                load_volume)
 from surfharm.training.config import check_run_settings
@@ -156,17 +156,9 @@ def image_scans(X, masks, contrasts: tuple[str, ...], owner: str) -> ImageScans:
                                        "each scan as a dict {contrast: volume}")
             sources.append({contrasts[0]: scan})
             as_dict.append(False)
-    if masks is None:
-        mask_sources = None
-    elif _is_single_mask(masks):
-        mask_sources = [masks] * len(sources)
-    else:
-        mask_sources = list(masks)
-        if len(mask_sources) != len(sources):
-            raise VolumeInputError(f"got {len(mask_sources)} masks for {len(sources)} scans; expected one mask per "
-                                   "scan, or a single mask for all")
+    mask_sources, shared = mask_sources_for(masks, len(sources), "scan")
     return ImageScans(sources=sources, as_dict=as_dict, contrasts=tuple(contrasts), mask_sources=mask_sources,
-                      shared_mask=masks is not None and _is_single_mask(masks))
+                      shared_mask=shared)
 
 
 #: What pandas infers for an object column of numbers (accepted as covariates).
